@@ -1,0 +1,589 @@
+//! Record batches: the unit of append, of CRC protection and of recovery.
+//!
+//! ```text
+//! batch header (40 B), all integers little-endian:
+//!   0  crc32              u32   CRC-32/ISO-HDLC (crc32fast) of bytes [4, batch_len)
+//!   4  batch_len          u32   the whole batch in bytes, this header included
+//!   8  magic              [2]   "SB"
+//!  10  version            u16   1
+//!  12  record_count       u32   >= 1
+//!  16  base_offset        u64   offset of the first record
+//!  24  first_timestamp_ms u64   timestamp of the first record
+//!  32  max_timestamp_ms   u64   largest record timestamp in the batch
+//! then record_count records (14 B + key + value each):
+//!   0  offset_delta       u32   record offset - base_offset; always the record's index
+//!   4  timestamp_delta    u32   record timestamp - first_timestamp_ms
+//!   8  key_len            u16
+//!  10  value_len          u32
+//!  14  key [key_len] | value [value_len]
+//! ```
+//!
+//! The CRC sits first so that it can cover everything a reader trusts, the length included. The
+//! records part of a batch does not depend on its base offset or timestamp (deltas only), so the
+//! expensive part of encoding and checksumming can happen before the log assigns offsets; only the
+//! header is filled in under the log's lock, and its CRC is combined with the records' CRC.
+
+use bytes::Bytes;
+
+use super::{CorruptionKind, FORMAT_VERSION, Reader};
+
+/// Magic of a record batch.
+pub const BATCH_MAGIC: [u8; 2] = *b"SB";
+/// Length of the batch header.
+pub const BATCH_HEADER_LEN: usize = 40;
+/// Length of a record's fixed fields.
+pub const RECORD_HEADER_LEN: usize = 14;
+/// The largest batch this format writes or reads. A larger length read from disk is corruption,
+/// and bounds the allocation a damaged length could otherwise cause.
+pub const BATCH_BYTES_MAX: u32 = 64 << 20;
+/// The largest key a record may carry (its length is a `u16`).
+pub const KEY_BYTES_MAX: usize = u16::MAX as usize;
+
+const CRC_OFFSET: usize = 0;
+const LEN_OFFSET: usize = CRC_OFFSET + 4;
+const MAGIC_OFFSET: usize = LEN_OFFSET + 4;
+const VERSION_OFFSET: usize = MAGIC_OFFSET + 2;
+const COUNT_OFFSET: usize = VERSION_OFFSET + 2;
+const BASE_OFFSET_OFFSET: usize = COUNT_OFFSET + 4;
+const FIRST_TS_OFFSET: usize = BASE_OFFSET_OFFSET + 8;
+const MAX_TS_OFFSET: usize = FIRST_TS_OFFSET + 8;
+const _: () = assert!(MAX_TS_OFFSET + 8 == BATCH_HEADER_LEN);
+const _: () = assert!(RECORD_HEADER_LEN == 4 + 4 + 2 + 4);
+
+/// The decoded fixed fields of a batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Stored CRC-32 of bytes `[4, batch_len)`.
+    pub crc: u32,
+    /// Length of the whole batch.
+    pub batch_len: u32,
+    /// Number of records, at least one.
+    pub record_count: u32,
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Timestamp of the first record, in ms since the Unix epoch.
+    pub first_timestamp_ms: u64,
+    /// Largest record timestamp, in ms since the Unix epoch.
+    pub max_timestamp_ms: u64,
+}
+
+impl BatchHeader {
+    /// One past the offset of the last record.
+    pub fn end_offset(&self) -> u64 {
+        self.base_offset.saturating_add(u64::from(self.record_count))
+    }
+
+    /// Decodes and checks the 40-byte header at the start of `bytes`. The CRC is not checked
+    /// here (that needs the whole batch); see [`verify`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CorruptionKind> {
+        let mut r = Reader::new(bytes);
+        let crc = r.u32()?;
+        let batch_len = r.u32()?;
+        let magic = r.array::<2>()?;
+        if magic != BATCH_MAGIC {
+            let mut expected = [0u8; 4];
+            let mut found = [0u8; 4];
+            expected[..2].copy_from_slice(&BATCH_MAGIC);
+            found[..2].copy_from_slice(&magic);
+            return Err(CorruptionKind::BadMagic { expected, found });
+        }
+        let version = r.u16()?;
+        if version != FORMAT_VERSION {
+            return Err(CorruptionKind::UnsupportedVersion(version));
+        }
+        if (batch_len as usize) < BATCH_HEADER_LEN + RECORD_HEADER_LEN || batch_len > BATCH_BYTES_MAX
+        {
+            return Err(CorruptionKind::BadBatchLength(batch_len));
+        }
+        let record_count = r.u32()?;
+        if record_count == 0 {
+            return Err(CorruptionKind::EmptyBatch);
+        }
+        let base_offset = r.u64()?;
+        let first_timestamp_ms = r.u64()?;
+        let max_timestamp_ms = r.u64()?;
+        if max_timestamp_ms < first_timestamp_ms {
+            return Err(CorruptionKind::BadTimestamp { index: u32::MAX });
+        }
+        Ok(Self {
+            crc,
+            batch_len,
+            record_count,
+            base_offset,
+            first_timestamp_ms,
+            max_timestamp_ms,
+        })
+    }
+}
+
+/// Checks the CRC of a whole batch (`bytes` is exactly `batch_len` long).
+pub fn verify(header: &BatchHeader, bytes: &[u8]) -> Result<(), CorruptionKind> {
+    let covered = bytes.get(LEN_OFFSET..).ok_or(CorruptionKind::Truncated {
+        need: BATCH_HEADER_LEN as u64,
+        have: bytes.len() as u64,
+    })?;
+    let actual = crc32fast::hash(covered);
+    if actual != header.crc {
+        return Err(CorruptionKind::ChecksumMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// One record of a decoded batch, borrowing the batch's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Offset of the record.
+    pub offset: u64,
+    /// Timestamp of the record, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Partition key.
+    pub key: &'a [u8],
+    /// Value.
+    pub value: &'a [u8],
+}
+
+/// Decodes one whole batch from the start of `bytes`: header, CRC and every record. Returns the
+/// header and the records; the batch occupies `header.batch_len` bytes of `bytes`.
+pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<RecordRef<'_>>), CorruptionKind> {
+    let header = BatchHeader::decode(bytes)?;
+    let batch = bytes
+        .get(..header.batch_len as usize)
+        .ok_or(CorruptionKind::Truncated {
+            need: u64::from(header.batch_len),
+            have: bytes.len() as u64,
+        })?;
+    verify(&header, batch)?;
+    let mut records = Vec::with_capacity(header.record_count.min(4096) as usize);
+    for_each_record(&header, batch, |r| {
+        records.push(r);
+    })?;
+    Ok((header, records))
+}
+
+/// Walks the records of a batch whose CRC has been verified, checking the layout and calling
+/// `f` for each. `batch` is exactly the batch's bytes.
+pub fn for_each_record<'a>(
+    header: &BatchHeader,
+    batch: &'a [u8],
+    mut f: impl FnMut(RecordRef<'a>),
+) -> Result<(), CorruptionKind> {
+    let body = batch.get(BATCH_HEADER_LEN..).ok_or(CorruptionKind::Truncated {
+        need: BATCH_HEADER_LEN as u64,
+        have: batch.len() as u64,
+    })?;
+    let mut r = Reader::new(body);
+    for index in 0..header.record_count {
+        let layout = |_| CorruptionKind::BadRecordLayout { index };
+        let offset_delta = r.u32().map_err(layout)?;
+        if offset_delta != index {
+            return Err(CorruptionKind::BadOffsetDelta {
+                index,
+                found: offset_delta,
+            });
+        }
+        let timestamp_delta = r.u32().map_err(layout)?;
+        let timestamp_ms = header
+            .first_timestamp_ms
+            .checked_add(u64::from(timestamp_delta))
+            .filter(|ts| *ts <= header.max_timestamp_ms)
+            .ok_or(CorruptionKind::BadTimestamp { index })?;
+        let key_len = r.u16().map_err(layout)?;
+        let value_len = r.u32().map_err(layout)?;
+        let key = r.take(usize::from(key_len)).map_err(layout)?;
+        let value = r.take(value_len as usize).map_err(layout)?;
+        f(RecordRef {
+            offset: header.base_offset.saturating_add(u64::from(index)),
+            timestamp_ms,
+            key,
+            value,
+        });
+    }
+    if r.position() != body.len() {
+        return Err(CorruptionKind::BadRecordLayout {
+            index: header.record_count,
+        });
+    }
+    Ok(())
+}
+
+/// A record read back from the log. Key and value share the batch's buffer (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Offset of the record in its partition.
+    pub offset: u64,
+    /// Arrival timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Partition key.
+    pub key: Bytes,
+    /// Value.
+    pub value: Bytes,
+}
+
+/// Decodes the records of a verified batch into owned records that share `batch`'s buffer.
+pub fn records_of(
+    header: &BatchHeader,
+    batch: &Bytes,
+) -> Result<Vec<StoredRecord>, CorruptionKind> {
+    let mut out = Vec::with_capacity(header.record_count.min(4096) as usize);
+    let base = batch.as_ptr() as usize;
+    for_each_record(header, batch, |r| {
+        // The slices point into `batch`; turn them into ranges of it to share the buffer.
+        let key_start = r.key.as_ptr() as usize - base;
+        let value_start = r.value.as_ptr() as usize - base;
+        out.push(StoredRecord {
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: batch.slice(key_start..key_start + r.key.len()),
+            value: batch.slice(value_start..value_start + r.value.len()),
+        });
+    })?;
+    Ok(out)
+}
+
+/// A batch whose records are encoded and checksummed but whose header (base offset and
+/// timestamps) is not yet filled in. Built outside the log's lock; finished under it.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    buf: Vec<u8>,
+    records_crc: crc32fast::Hasher,
+    record_count: u32,
+}
+
+/// Why a set of records cannot form a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// No records.
+    Empty,
+    /// A key longer than [`KEY_BYTES_MAX`].
+    KeyTooLong {
+        /// Index of the record.
+        index: usize,
+        /// Its key length.
+        len: usize,
+    },
+    /// The batch would exceed [`BATCH_BYTES_MAX`].
+    BatchTooLarge {
+        /// Encoded size the records need.
+        bytes: u64,
+    },
+}
+
+/// Bytes a batch of these records occupies on disk.
+pub fn encoded_len<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+    records.into_iter().fold(BATCH_HEADER_LEN as u64, |acc, (k, v)| {
+        acc + (RECORD_HEADER_LEN + k.len() + v.len()) as u64
+    })
+}
+
+impl PreparedBatch {
+    /// Encodes records `(key, value)` that all share one timestamp (the usual case: the log
+    /// stamps a batch with its arrival time).
+    pub fn new<'a, I>(records: I) -> Result<Self, EncodeError>
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        I::IntoIter: Clone,
+    {
+        let iter = records.into_iter();
+        let total = encoded_len(iter.clone());
+        if total > u64::from(BATCH_BYTES_MAX) {
+            return Err(EncodeError::BatchTooLarge { bytes: total });
+        }
+        // `total` fits in u32 (checked just above), so this cannot truncate.
+        let total = total as usize;
+        let mut buf = Vec::with_capacity(total);
+        buf.resize(BATCH_HEADER_LEN, 0);
+        let mut count: u32 = 0;
+        for (index, (key, value)) in iter.enumerate() {
+            if key.len() > KEY_BYTES_MAX {
+                return Err(EncodeError::KeyTooLong {
+                    index,
+                    len: key.len(),
+                });
+            }
+            buf.extend_from_slice(&count.to_le_bytes());
+            buf.extend_from_slice(&0u32.to_le_bytes());
+            buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(value);
+            count += 1;
+        }
+        if count == 0 {
+            return Err(EncodeError::Empty);
+        }
+        debug_assert_eq!(buf.len(), total);
+        let mut records_crc = crc32fast::Hasher::new();
+        records_crc.update(buf.get(BATCH_HEADER_LEN..).unwrap_or_default());
+        Ok(Self {
+            buf,
+            records_crc,
+            record_count: count,
+        })
+    }
+
+    /// Number of records in the batch.
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    /// Encoded size of the whole batch.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Always false: a prepared batch holds at least one record.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Fills in the header for a base offset and a timestamp shared by every record, computes
+    /// the CRC, and returns the finished header and the bytes to write.
+    pub fn finish(&mut self, base_offset: u64, timestamp_ms: u64) -> (BatchHeader, &[u8]) {
+        let batch_len = self.buf.len() as u32;
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        header[LEN_OFFSET..MAGIC_OFFSET].copy_from_slice(&batch_len.to_le_bytes());
+        header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&BATCH_MAGIC);
+        header[VERSION_OFFSET..COUNT_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[COUNT_OFFSET..BASE_OFFSET_OFFSET].copy_from_slice(&self.record_count.to_le_bytes());
+        header[BASE_OFFSET_OFFSET..FIRST_TS_OFFSET].copy_from_slice(&base_offset.to_le_bytes());
+        header[FIRST_TS_OFFSET..MAX_TS_OFFSET].copy_from_slice(&timestamp_ms.to_le_bytes());
+        header[MAX_TS_OFFSET..].copy_from_slice(&timestamp_ms.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header[LEN_OFFSET..]);
+        crc.combine(&self.records_crc);
+        let crc = crc.finalize();
+        header[CRC_OFFSET..LEN_OFFSET].copy_from_slice(&crc.to_le_bytes());
+        if let Some(head) = self.buf.get_mut(..BATCH_HEADER_LEN) {
+            head.copy_from_slice(&header);
+        }
+        let decoded = BatchHeader {
+            crc,
+            batch_len,
+            record_count: self.record_count,
+            base_offset,
+            first_timestamp_ms: timestamp_ms,
+            max_timestamp_ms: timestamp_ms,
+        };
+        (decoded, &self.buf)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn encode(records: &[(&[u8], &[u8])], base: u64, ts: u64) -> Vec<u8> {
+        let mut p = PreparedBatch::new(records.iter().copied()).unwrap();
+        p.finish(base, ts).1.to_vec()
+    }
+
+    /// The example batch of docs/format.md, byte for byte.
+    #[test]
+    fn golden_bytes_match_the_format_document() {
+        let bytes = encode(&[(b"k1", b"hello"), (b"k2", b"")], 5, 1_700_000_000_000);
+        let expected_hex = "\
+            5473dc99 4d000000 5342 0100 02000000 0500000000000000 \
+            0068e5cf8b010000 0068e5cf8b010000 \
+            00000000 00000000 0200 05000000 6b31 68656c6c6f \
+            01000000 00000000 0200 00000000 6b32";
+        let expected: Vec<u8> = expected_hex
+            .split_whitespace()
+            .flat_map(|w| {
+                (0..w.len())
+                    .step_by(2)
+                    .map(move |i| u8::from_str_radix(&w[i..i + 2], 16).unwrap())
+            })
+            .collect();
+        assert_eq!(hex(&bytes), hex(&expected));
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn round_trip() {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..50u32)
+            .map(|i| (format!("key-{i}").into_bytes(), vec![i as u8; i as usize * 7]))
+            .collect();
+        let bytes = encode(
+            &records
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect::<Vec<_>>(),
+            1000,
+            77,
+        );
+        let (header, decoded) = decode(&bytes).unwrap();
+        assert_eq!(header.base_offset, 1000);
+        assert_eq!(header.record_count, 50);
+        assert_eq!(header.end_offset(), 1050);
+        assert_eq!(header.batch_len as usize, bytes.len());
+        for (i, (r, (k, v))) in decoded.iter().zip(&records).enumerate() {
+            assert_eq!(r.offset, 1000 + i as u64);
+            assert_eq!(r.timestamp_ms, 77);
+            assert_eq!(r.key, k.as_slice());
+            assert_eq!(r.value, v.as_slice());
+        }
+        let owned = records_of(&header, &Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(owned.len(), 50);
+        assert_eq!(owned[3].key.as_ref(), b"key-3");
+        assert_eq!(owned[3].value.as_ref(), &[3u8; 21][..]);
+    }
+
+    #[test]
+    fn encode_rejects_bad_input() {
+        assert_eq!(
+            PreparedBatch::new(std::iter::empty()).unwrap_err(),
+            EncodeError::Empty
+        );
+        let long_key = vec![0u8; KEY_BYTES_MAX + 1];
+        assert_eq!(
+            PreparedBatch::new([(&b"ok"[..], &b""[..]), (&long_key[..], &b""[..])]).unwrap_err(),
+            EncodeError::KeyTooLong {
+                index: 1,
+                len: KEY_BYTES_MAX + 1
+            }
+        );
+        let big = vec![0u8; BATCH_BYTES_MAX as usize];
+        assert!(matches!(
+            PreparedBatch::new([(&b"k"[..], &big[..])]).unwrap_err(),
+            EncodeError::BatchTooLarge { .. }
+        ));
+    }
+
+    fn good() -> Vec<u8> {
+        encode(&[(b"a", b"xyz"), (b"b", b"")], 9, 100)
+    }
+
+    /// Rewrites the CRC after tampering so that the structural checks behind it are reached.
+    fn reseal(mut b: Vec<u8>) -> Vec<u8> {
+        let crc = crc32fast::hash(&b[4..]);
+        b[..4].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn every_bad_input_maps_to_its_error() {
+        let g = good();
+        assert_eq!(
+            decode(&g[..10]).unwrap_err(),
+            CorruptionKind::Truncated { need: 12, have: 10 }
+        );
+        let mut m = g.clone();
+        m[8] = b'X';
+        assert_eq!(
+            decode(&m).unwrap_err(),
+            CorruptionKind::BadMagic {
+                expected: *b"SB\0\0",
+                found: *b"XB\0\0"
+            }
+        );
+        let mut v = g.clone();
+        v[10] = 2;
+        assert_eq!(decode(&v).unwrap_err(), CorruptionKind::UnsupportedVersion(2));
+        let mut l = g.clone();
+        l[4..8].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(decode(&l).unwrap_err(), CorruptionKind::BadBatchLength(3));
+        let mut l = g.clone();
+        l[4..8].copy_from_slice(&(BATCH_BYTES_MAX + 1).to_le_bytes());
+        assert_eq!(
+            decode(&l).unwrap_err(),
+            CorruptionKind::BadBatchLength(BATCH_BYTES_MAX + 1)
+        );
+        assert_eq!(
+            decode(&g[..g.len() - 1]).unwrap_err(),
+            CorruptionKind::Truncated {
+                need: g.len() as u64,
+                have: g.len() as u64 - 1
+            }
+        );
+        let mut c = g.clone();
+        c[12..16].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&c).unwrap_err(), CorruptionKind::EmptyBatch);
+        let mut t = g.clone();
+        t[32..40].copy_from_slice(&99u64.to_le_bytes());
+        assert_eq!(
+            decode(&t).unwrap_err(),
+            CorruptionKind::BadTimestamp { index: u32::MAX }
+        );
+        let mut flipped = g.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        assert!(matches!(
+            decode(&flipped).unwrap_err(),
+            CorruptionKind::ChecksumMismatch { .. }
+        ));
+        // Structural errors behind a valid CRC.
+        let mut d = g.clone();
+        d[40..44].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            decode(&reseal(d)).unwrap_err(),
+            CorruptionKind::BadOffsetDelta { index: 0, found: 1 }
+        );
+        let mut ts = g.clone();
+        ts[44..48].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            decode(&reseal(ts)).unwrap_err(),
+            CorruptionKind::BadTimestamp { index: 0 }
+        );
+        let mut vl = g.clone();
+        vl[50..54].copy_from_slice(&1000u32.to_le_bytes());
+        assert_eq!(
+            decode(&reseal(vl)).unwrap_err(),
+            CorruptionKind::BadRecordLayout { index: 0 }
+        );
+        let mut count = g.clone();
+        count[12..16].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(
+            decode(&reseal(count)).unwrap_err(),
+            CorruptionKind::BadRecordLayout { index: 1 }
+        );
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let g = good();
+        for byte in 0..g.len() {
+            for bit in 0..8 {
+                let mut b = g.clone();
+                b[byte] ^= 1 << bit;
+                assert!(decode(&b).is_err(), "flip of bit {bit} in byte {byte} went unseen");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_round_trip(
+            records in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..300)), 1..20),
+            base in 0u64..u64::MAX / 2,
+            ts in 0u64..u64::MAX / 2,
+        ) {
+            let refs: Vec<(&[u8], &[u8])> = records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+            let bytes = encode(&refs, base, ts);
+            proptest::prop_assert_eq!(bytes.len() as u64, encoded_len(refs.iter().copied()));
+            let (h, decoded) = decode(&bytes).unwrap();
+            proptest::prop_assert_eq!(h.base_offset, base);
+            proptest::prop_assert_eq!(decoded.len(), records.len());
+            for (r, (k, v)) in decoded.iter().zip(&records) {
+                proptest::prop_assert_eq!(r.key, k.as_slice());
+                proptest::prop_assert_eq!(r.value, v.as_slice());
+                proptest::prop_assert_eq!(r.timestamp_ms, ts);
+            }
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Ok((h, records)) = decode(&bytes) {
+                proptest::prop_assert_eq!(records.len() as u32, h.record_count);
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The file-system seam. The log does all of its I/O through [`FileSystem`] and [`FileHandle`],
+//! so tests can swap in [`sim::SimFs`], which keeps written and synced bytes apart and can
+//! simulate a power loss or inject I/O errors at any operation.
+
+mod mmap;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+mod std_fs;
+
+use std::fmt::Debug;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use std_fs::StdFs;
+
+/// Read-only bytes of a whole file: a memory map for the real file system.
+pub type MappedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// How to open a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create a new file for reading and writing; fail if it exists.
+    CreateNew,
+    /// Open an existing file for reading and writing.
+    ReadWrite,
+    /// Open an existing file for reading only.
+    Read,
+}
+
+/// One open file. Reads and writes are positional, so a handle can be shared between threads
+/// without a seek cursor.
+pub trait FileHandle: Send + Sync + Debug {
+    /// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `position`. On error, any prefix of `buf` may have been written.
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Makes the file's data durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Current length of the file.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}
+
+/// The directory operations the log needs.
+pub trait FileSystem: Send + Sync + Debug {
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory (files only; order unspecified).
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames a file, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creates, renames, removes) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Whether a file exists.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Maps a file that will never be written, truncated or extended again, read-only.
+    fn map_readonly(&self, path: &Path) -> io::Result<MappedBytes>;
+
+    /// Reads a whole small file.
+    fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let file = self.open(path, OpenMode::Read)?;
+        let len = usize::try_from(file.len()?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Writes a small file atomically: temp file, fsync, rename, fsync of the directory. A crash
+    /// at any step leaves either the old file or the new one.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let dir = parent(path);
+        let tmp = temp_path(path);
+        if self.exists(&tmp)? {
+            self.remove_file(&tmp)?;
+        }
+        let file = self.open(&tmp, OpenMode::CreateNew)?;
+        file.write_all_at(bytes, 0)?;
+        file.sync_data()?;
+        drop(file);
+        self.rename(&tmp, path)?;
+        self.sync_dir(&dir)
+    }
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The temporary name used while writing `path` atomically.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    name.push(".");
+    name.push(crate::format::TEMP_SUFFIX);
+    path.with_file_name(name)
+}

@@ -1,0 +1,885 @@
+//! The log of one partition: append, read, seek by time, roll, sync, retention, open and close.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::batch::{PreparedBatch, StoredRecord, records_of};
+use crate::format::marker::CleanMarker;
+use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, TEMP_SUFFIX};
+use crate::io::{FileSystem, StdFs};
+use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RecoveryMode, RetentionPolicy};
+use crate::scan::{BatchScanner, SCAN_CHUNK_BYTES};
+use crate::segment::{ActiveSegment, SealedSegment, write_indexes};
+
+/// A record to append: a partition key and a value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    /// The partition key (at most 65,535 bytes in the log; the broker limits it further).
+    pub key: Bytes,
+    /// The value.
+    pub value: Bytes,
+}
+
+impl Record {
+    /// A record from anything that converts into [`Bytes`].
+    pub fn new(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// What [`Log::enforce_retention`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes of segment data deleted.
+    pub bytes_deleted: u64,
+    /// The first offset still held afterwards.
+    pub start_offset: u64,
+}
+
+/// Counters of a log since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStats {
+    /// `append` calls that wrote a batch.
+    pub appends: u64,
+    /// Records appended.
+    pub records_appended: u64,
+    /// `fdatasync` calls on segment data (group commits, rolls and explicit syncs).
+    pub fsyncs: u64,
+    /// Segments rolled.
+    pub rolls: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    sealed: Vec<Arc<SealedSegment>>,
+    active: ActiveSegment,
+    /// Newest timestamp in the log; new records are never stamped earlier.
+    last_timestamp_ms: u64,
+}
+
+impl State {
+    fn start_offset(&self) -> u64 {
+        self.sealed
+            .first()
+            .map_or(self.active.base_offset, |s| s.base_offset)
+    }
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    in_progress: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    options: LogOptions,
+    state: Mutex<State>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Every offset below this is on disk (fdatasync returned).
+    durable_end: AtomicU64,
+    /// The first failure that made the log refuse writes.
+    poison: Mutex<Option<String>>,
+    appends: AtomicU64,
+    records_appended: AtomicU64,
+    fsyncs: AtomicU64,
+    rolls: AtomicU64,
+    /// Wakes the interval flusher early when the log closes.
+    stop: (Mutex<bool>, Condvar),
+}
+
+/// The durable log of one partition. All methods take `&self`; share it between threads with
+/// an `Arc`.
+///
+/// ```
+/// # fn main() -> Result<(), sluice_log::Error> {
+/// use sluice_log::{Log, LogOptions, ReadLimits, Record};
+/// let dir = tempfile::tempdir().unwrap();
+/// let log = Log::open(dir.path(), LogOptions::default())?;
+/// let first = log.append(&[Record::new("user-1", "hello"), Record::new("user-2", "world")])?;
+/// let records = log.read_from(first, ReadLimits::default())?;
+/// assert_eq!(records[1].value.as_ref(), b"world");
+/// log.close()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Log {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` on the real file system.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self> {
+        Self::open_with_fs(Arc::new(StdFs), dir, options)
+    }
+
+    /// Opens the log through a given file system (the simulated one in tests).
+    ///
+    /// After a clean close, open trusts the clean-shutdown marker and the index files and reads
+    /// no segment data. After a crash it scans only the active segment: sealed segments were
+    /// fsynced when they were sealed. Each sealed segment's index is checked against the last
+    /// batch it names and rebuilt when that check fails.
+    pub fn open_with_fs(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let (state, end) = load(&*fs, &dir, &options)?;
+        let shared = Arc::new(Shared {
+            dir,
+            fs,
+            options,
+            state: Mutex::new(state),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+            durable_end: AtomicU64::new(end),
+            poison: Mutex::new(None),
+            appends: AtomicU64::new(0),
+            records_appended: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            rolls: AtomicU64::new(0),
+            stop: (Mutex::new(false), Condvar::new()),
+        });
+        let flusher = match shared.options.fsync {
+            FsyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&shared), every)?),
+            _ => None,
+        };
+        Ok(Self { shared, flusher })
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.shared.options
+    }
+
+    /// Appends records as one batch, stamped with the current time (never earlier than the
+    /// newest record already in the log). Returns the offset of the first record; the others
+    /// follow densely. Under [`FsyncPolicy::Always`] this returns only after an `fdatasync`
+    /// covering the records has returned; concurrent callers share that `fdatasync`.
+    pub fn append(&self, records: &[Record]) -> Result<u64> {
+        let mut batch = PreparedBatch::new(records.iter().map(|r| (r.key.as_ref(), r.value.as_ref())))
+            .map_err(|e| Error::InvalidAppend(format!("{e:?}")))?;
+        let shared = &*self.shared;
+        let (base, end) = {
+            let mut st = shared.lock_state()?;
+            shared.check_writable()?;
+            let now = shared.options.clock.now_ms();
+            if shared.should_roll(&st.active, batch.len() as u64, batch.record_count(), now) {
+                shared.roll(&mut st)?;
+            }
+            let timestamp = now.max(st.last_timestamp_ms);
+            let base = st.active.next_offset;
+            let (header, bytes) = batch.finish(base, timestamp);
+            let a = &mut st.active;
+            let position = a.len;
+            if let Err(e) = a.file.write_all_at(bytes, position) {
+                // Take back whatever part of the batch reached the file, so the next batch does
+                // not land behind garbage. If even that fails, the file's tail is unknown.
+                if let Err(e2) = a.file.set_len(position) {
+                    shared.set_poison(format!("write failed ({e}) and could not be undone ({e2})"));
+                }
+                return Err(Error::io(&a.path, e));
+            }
+            // `should_roll` keeps positions and relative offsets within 32 bits.
+            a.index.on_batch(
+                (base - a.base_offset) as u32,
+                position as u32,
+                &header,
+                shared.options.index_interval_bytes,
+            );
+            a.len += bytes.len() as u64;
+            a.next_offset = header.end_offset();
+            a.first_timestamp_ms.get_or_insert(timestamp);
+            a.max_timestamp_ms = timestamp;
+            st.last_timestamp_ms = timestamp;
+            (base, st.active.next_offset)
+        };
+        shared.appends.fetch_add(1, Ordering::Relaxed);
+        shared
+            .records_appended
+            .fetch_add(u64::from(batch.record_count()), Ordering::Relaxed);
+        if shared.options.fsync == FsyncPolicy::Always {
+            shared.wait_durable(end)?;
+        }
+        Ok(base)
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        let end = self.shared.lock_state()?.active.next_offset;
+        self.shared.wait_durable(end)
+    }
+
+    /// First offset still held (the trim horizon).
+    pub fn start_offset(&self) -> u64 {
+        self.shared
+            .lock_state()
+            .map_or(0, |st| st.start_offset())
+    }
+
+    /// Next offset to be assigned.
+    pub fn end_offset(&self) -> u64 {
+        self.shared
+            .lock_state()
+            .map_or(0, |st| st.active.next_offset)
+    }
+
+    /// Offsets below this are readable: under [`FsyncPolicy::Always`] only durable records are
+    /// served, so a reader never sees a record that a power loss could take back.
+    pub fn readable_end(&self) -> u64 {
+        self.shared
+            .lock_state()
+            .map_or(0, |st| self.shared.readable_end(&st))
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        let s = &*self.shared;
+        LogStats {
+            appends: s.appends.load(Ordering::Relaxed),
+            records_appended: s.records_appended.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            rolls: s.rolls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of segments (sealed and active).
+    pub fn segment_count(&self) -> usize {
+        self.shared
+            .lock_state()
+            .map_or(0, |st| st.sealed.len() + 1)
+    }
+
+    /// Reads records from `offset` on, up to the limits, stopping at the readable end. Reading
+    /// at the end returns nothing; below the start or past the end is `OffsetOutOfRange`.
+    /// Damaged data is a `Corruption` error, never wrong bytes.
+    pub fn read_from(&self, offset: u64, limits: ReadLimits) -> Result<Vec<StoredRecord>> {
+        let mut out: Vec<StoredRecord> = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = offset;
+        while out.len() < limits.records_max && (out.is_empty() || bytes < limits.bytes_max) {
+            let cursor = match self.shared.locate(next) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                // Retention may remove the segment between two rounds; keep what we have.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            };
+            let before = out.len();
+            let result = cursor.read(next, &limits, &mut out, &mut bytes);
+            if let Err(e) = result {
+                if out.is_empty() {
+                    return Err(e);
+                }
+                break;
+            }
+            match out.last() {
+                Some(r) if out.len() > before => next = r.offset + 1,
+                _ => break,
+            }
+            if next >= cursor.visible_end {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The offset of the first record whose timestamp is at or after `timestamp_ms`, or `None`
+    /// when every readable record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: u64) -> Result<Option<u64>> {
+        let shared = &*self.shared;
+        let (cursor, rel_start) = {
+            let st = shared.lock_state()?;
+            let visible_end = shared.readable_end(&st);
+            let i = st
+                .sealed
+                .partition_point(|s| s.max_timestamp_ms < timestamp_ms);
+            if let Some(s) = st.sealed.get(i) {
+                let rel = s.last_before(timestamp_ms);
+                (Cursor::sealed(s, rel, visible_end), rel)
+            } else if !st.active.is_empty() && st.active.max_timestamp_ms >= timestamp_ms {
+                let rel = st.active.index.last_before(timestamp_ms);
+                (Cursor::active(&st.active, rel, visible_end), rel)
+            } else {
+                return Ok(None);
+            }
+        };
+        let from = cursor.base_offset + u64::from(rel_start);
+        cursor.find_timestamp(from, timestamp_ms)
+    }
+
+    /// Removes whole sealed segments that the policy no longer keeps: those whose newest record
+    /// is older than `max_age` at `now_ms`, then the oldest while the log exceeds `max_bytes`.
+    /// A non-empty active segment that is older than the segment age limit, or entirely
+    /// expired, is rolled first so that its data can go too. The start offset moves forward.
+    pub fn enforce_retention(&self, policy: RetentionPolicy, now_ms: u64) -> Result<RetentionOutcome> {
+        let shared = &*self.shared;
+        let (removed, start_offset) = {
+            let mut st = shared.lock_state()?;
+            let a = &st.active;
+            let aged = a
+                .first_timestamp_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= duration_ms(shared.options.segment_age_max));
+            let expired = policy
+                .max_age
+                .is_some_and(|age| now_ms.saturating_sub(a.max_timestamp_ms) > duration_ms(age));
+            if !a.is_empty() && (aged || expired) {
+                shared.check_writable()?;
+                shared.roll(&mut st)?;
+            }
+            let mut n = 0;
+            if let Some(age) = policy.max_age {
+                let age = duration_ms(age);
+                n = st
+                    .sealed
+                    .partition_point(|s| now_ms.saturating_sub(s.max_timestamp_ms) > age);
+            }
+            if let Some(cap) = policy.max_bytes {
+                let mut total: u64 = st.sealed.iter().map(|s| s.len).sum::<u64>() + st.active.len;
+                total -= st.sealed.iter().take(n).map(|s| s.len).sum::<u64>();
+                while n < st.sealed.len() && total > cap {
+                    total -= st.sealed.get(n).map_or(0, |s| s.len);
+                    n += 1;
+                }
+            }
+            let removed: Vec<_> = st.sealed.drain(..n).collect();
+            (removed, st.start_offset())
+        };
+        // Unlink outside the lock. Readers holding a removed segment keep a valid file handle
+        // and map: unlinking never truncates, so no live map can fault.
+        let mut outcome = RetentionOutcome {
+            start_offset,
+            ..RetentionOutcome::default()
+        };
+        for seg in &removed {
+            for path in seg.paths(&shared.dir) {
+                match shared.fs.remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(path, e)),
+                }
+            }
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += seg.len;
+        }
+        if !removed.is_empty() {
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
+            info!(
+                dir = %shared.dir.display(),
+                segments = outcome.segments_deleted,
+                start_offset,
+                "retention removed segments"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Syncs everything, writes the index of the active segment and the clean-shutdown marker,
+    /// so that the next open reads no segment data.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_flusher();
+        let shared = &*self.shared;
+        let st = shared.lock_state()?;
+        shared.check_writable()?;
+        let a = &st.active;
+        a.file.sync_data().at(&a.path)?;
+        let mut index = a.index.clone();
+        index.finish();
+        write_indexes(&*shared.fs, &shared.dir, a.base_offset, &index)?;
+        let marker = CleanMarker {
+            end_offset: a.next_offset,
+            active_base_offset: a.base_offset,
+            active_len: a.len,
+            active_first_timestamp_ms: a.first_timestamp_ms.unwrap_or(0),
+            active_max_timestamp_ms: if a.is_empty() { 0 } else { a.max_timestamp_ms },
+        };
+        let path = shared.dir.join(CLEAN_MARKER_NAME);
+        shared.fs.write_atomic(&path, &marker.encode()).at(&path)?;
+        Ok(())
+    }
+
+    fn stop_flusher(&mut self) {
+        if let Some(handle) = self.flusher.take() {
+            let (lock, cv) = &self.shared.stop;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+            // A panicking flusher has already logged; nothing more to do with its result.
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Dropping without close is like a crash for the files: the next open recovers the
+        // active segment. Only the background thread needs stopping.
+        self.stop_flusher();
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn spawn_flusher(shared: Weak<Shared>, every: Duration) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sluice-log-flush".into())
+        .spawn(move || {
+            loop {
+                let Some(s) = shared.upgrade() else { return };
+                {
+                    let (lock, cv) = &s.stop;
+                    let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let (stopped, _) = cv
+                        .wait_timeout_while(stopped, every, |stop| !*stop)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if *stopped {
+                        return;
+                    }
+                }
+                let end = match s.lock_state() {
+                    Ok(st) => st.active.next_offset,
+                    Err(_) => return,
+                };
+                if let Err(e) = s.wait_durable(end) {
+                    warn!(error = %e, "background flush failed; the log refuses writes");
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::io(PathBuf::from("<flush thread>"), e))
+}
+
+impl Shared {
+    fn lock_state(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| Error::Poisoned {
+            path: self.dir.clone(),
+            reason: "a thread panicked while changing the log".into(),
+        })
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &*self.poison.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(Error::Poisoned {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn set_poison(&self, reason: String) {
+        let mut p = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            tracing::error!(dir = %self.dir.display(), %reason, "log poisoned: refusing writes until reopened");
+            *p = Some(reason);
+        }
+    }
+
+    fn readable_end(&self, st: &State) -> u64 {
+        let end = st.active.next_offset;
+        match self.options.fsync {
+            FsyncPolicy::Always => self.durable_end.load(Ordering::Acquire).min(end),
+            _ => end,
+        }
+    }
+
+    fn should_roll(&self, a: &ActiveSegment, batch_len: u64, count: u32, now_ms: u64) -> bool {
+        if a.is_empty() {
+            return false;
+        }
+        a.len + batch_len > self.options.segment_bytes_max
+            || a.first_timestamp_ms.is_some_and(|t| {
+                now_ms.saturating_sub(t) >= duration_ms(self.options.segment_age_max)
+            })
+            || a.next_offset - a.base_offset + u64::from(count) > u64::from(u32::MAX)
+    }
+
+    /// Seals the active segment (data and indexes durable) and starts a new one. A failed
+    /// fsync poisons the log; a failure to create the new segment leaves the old one active.
+    fn roll(&self, st: &mut State) -> Result<()> {
+        let a = &st.active;
+        if let Err(e) = a.file.sync_data() {
+            self.set_poison(format!("fsync of {} failed: {e}", a.path.display()));
+            return Err(Error::io(&a.path, e));
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let mut index = a.index.clone();
+        index.finish();
+        write_indexes(&*self.fs, &self.dir, a.base_offset, &index)?;
+        let sealed = SealedSegment::from_active(&*self.fs, &self.dir, a)?;
+        let new_base = a.next_offset;
+        let next = match ActiveSegment::create(&*self.fs, &self.dir, new_base)
+            .and_then(|n| self.fs.sync_dir(&self.dir).at(&self.dir).map(|()| n))
+        {
+            Ok(n) => n,
+            Err(e) => {
+                let path = self.dir.join(FileKind::Segment.file_name(new_base));
+                // Leave no half-made segment behind for the next attempt to trip over.
+                let _ = self.fs.remove_file(&path);
+                return Err(e);
+            }
+        };
+        let old_end = st.active.next_offset;
+        st.sealed.push(Arc::new(sealed));
+        st.active = next;
+        self.mark_durable(old_end);
+        self.rolls.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn mark_durable(&self, end: u64) {
+        let _guard = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        self.durable_end.fetch_max(end, Ordering::AcqRel);
+        self.synced.notify_all();
+    }
+
+    /// Waits until every offset below `target` is durable. The first waiter to find no fsync in
+    /// flight runs one for everything written so far; the others wait for it, and each fsync
+    /// covers every append that finished writing before it started (group commit).
+    fn wait_durable(&self, target: u64) -> Result<()> {
+        let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.durable_end.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            self.check_writable()?;
+            if s.in_progress {
+                s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            s.in_progress = true;
+            drop(s);
+            let result = self.sync_active();
+            s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            s.in_progress = false;
+            match result {
+                Ok(end) => {
+                    self.durable_end.fetch_max(end, Ordering::AcqRel);
+                    self.synced.notify_all();
+                }
+                Err(e) => {
+                    self.synced.notify_all();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn sync_active(&self) -> Result<u64> {
+        let (file, path, end) = {
+            let st = self.lock_state()?;
+            (
+                Arc::clone(&st.active.file),
+                st.active.path.clone(),
+                st.active.next_offset,
+            )
+        };
+        if let Err(e) = file.sync_data() {
+            // Never retry: after a failed fsync the kernel may have dropped the dirty pages, so
+            // a later fsync could succeed without the data ("fsyncgate").
+            self.set_poison(format!("fsync of {} failed: {e}", path.display()));
+            return Err(Error::io(path, e));
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(end)
+    }
+
+    /// Finds the segment holding `offset` and where to start reading it.
+    fn locate(&self, offset: u64) -> Result<Option<Cursor>> {
+        let st = self.lock_state()?;
+        let start = st.start_offset();
+        let end = st.active.next_offset;
+        if offset < start || offset > end {
+            return Err(Error::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let visible_end = self.readable_end(&st);
+        if offset >= visible_end {
+            return Ok(None);
+        }
+        let i = st.sealed.partition_point(|s| s.end_offset <= offset);
+        Ok(Some(match st.sealed.get(i) {
+            Some(s) => Cursor::sealed(s, (offset - s.base_offset) as u32, visible_end),
+            None => {
+                let rel = (offset - st.active.base_offset) as u32;
+                Cursor::active(&st.active, rel, visible_end)
+            }
+        }))
+    }
+}
+
+/// A place to read from: a segment's file, the index entry to start at, and how far to go.
+struct Cursor {
+    file: Arc<dyn crate::io::FileHandle>,
+    path: PathBuf,
+    base_offset: u64,
+    /// Offset of the batch at `position`.
+    batch_offset: u64,
+    position: u64,
+    len: u64,
+    visible_end: u64,
+}
+
+impl Cursor {
+    fn sealed(s: &SealedSegment, rel: u32, visible_end: u64) -> Self {
+        let (batch_rel, position) = s.floor(rel);
+        Self {
+            file: Arc::clone(&s.file),
+            path: s.path.clone(),
+            base_offset: s.base_offset,
+            batch_offset: s.base_offset + u64::from(batch_rel),
+            position,
+            len: s.len,
+            visible_end: visible_end.min(s.end_offset),
+        }
+    }
+
+    fn active(a: &ActiveSegment, rel: u32, visible_end: u64) -> Self {
+        let (batch_rel, position) = a.index.floor(rel);
+        Self {
+            file: Arc::clone(&a.file),
+            path: a.path.clone(),
+            base_offset: a.base_offset,
+            batch_offset: a.base_offset + u64::from(batch_rel),
+            position,
+            len: a.len,
+            visible_end: visible_end.min(a.next_offset),
+        }
+    }
+
+    /// Walks batches from the cursor's index entry, checking that each continues the one before.
+    fn batches(&self) -> impl Iterator<Item = Result<crate::scan::ScannedBatch>> + '_ {
+        let mut expected = self.batch_offset;
+        BatchScanner::new(&*self.file, &self.path, self.position, self.len, SCAN_CHUNK_BYTES)
+            .map(move |item| {
+                let b = item?;
+                // Record layout is checked when the records are decoded; here only that the
+                // batch continues the one before (a stale index entry would break this).
+                if b.header.base_offset != expected {
+                    return Err(Error::corruption(
+                        &self.path,
+                        b.position,
+                        CorruptionKind::OffsetMismatch {
+                            expected,
+                            found: b.header.base_offset,
+                        },
+                    ));
+                }
+                expected = b.header.end_offset();
+                Ok(b)
+            })
+    }
+
+    fn read(
+        &self,
+        from: u64,
+        limits: &ReadLimits,
+        out: &mut Vec<StoredRecord>,
+        bytes: &mut usize,
+    ) -> Result<()> {
+        for batch in self.batches() {
+            let b = batch?;
+            if b.header.base_offset >= self.visible_end {
+                break;
+            }
+            if b.header.end_offset() <= from {
+                continue;
+            }
+            let records = records_of(&b.header, &b.bytes)
+                .map_err(|k| Error::corruption(&self.path, b.position, k))?;
+            for r in records {
+                if r.offset < from {
+                    continue;
+                }
+                let size = r.key.len() + r.value.len();
+                if r.offset >= self.visible_end
+                    || out.len() >= limits.records_max
+                    || (!out.is_empty() && *bytes + size > limits.bytes_max)
+                {
+                    return Ok(());
+                }
+                *bytes += size;
+                out.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn find_timestamp(&self, from: u64, timestamp_ms: u64) -> Result<Option<u64>> {
+        for batch in self.batches() {
+            let b = batch?;
+            if b.header.base_offset >= self.visible_end {
+                break;
+            }
+            if b.header.end_offset() <= from || b.header.max_timestamp_ms < timestamp_ms {
+                continue;
+            }
+            let records = records_of(&b.header, &b.bytes)
+                .map_err(|k| Error::corruption(&self.path, b.position, k))?;
+            return Ok(records
+                .iter()
+                .find(|r| r.timestamp_ms >= timestamp_ms)
+                .map(|r| r.offset)
+                .filter(|o| *o < self.visible_end));
+        }
+        Ok(None)
+    }
+}
+
+/// Reads the directory and brings the log to a consistent state. Returns the state and the end
+/// offset (everything below it is durable once this returns).
+fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State, u64)> {
+    fs.create_dir_all(dir).at(dir)?;
+    let mut segments: BTreeMap<u64, [bool; 3]> = BTreeMap::new();
+    let mut changed_dir = false;
+    for name in fs.list_dir(dir).at(dir)? {
+        if name.ends_with(&format!(".{TEMP_SUFFIX}")) {
+            // An atomic write that never reached its rename.
+            let p = dir.join(&name);
+            fs.remove_file(&p).at(&p)?;
+            changed_dir = true;
+            continue;
+        }
+        if let Some((kind, base)) = FileKind::parse_file_name(&name) {
+            let slot = match kind {
+                FileKind::Segment => 0,
+                FileKind::OffsetIndex => 1,
+                FileKind::TimeIndex => 2,
+            };
+            segments.entry(base).or_default()[slot] = true;
+        }
+    }
+    // Index files without their segment are left over from retention.
+    segments.retain(|base, present| {
+        if present[0] {
+            return true;
+        }
+        for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+            let p = dir.join(kind.file_name(*base));
+            if fs.remove_file(&p).is_ok() {
+                changed_dir = true;
+            }
+        }
+        false
+    });
+
+    let marker_path = dir.join(CLEAN_MARKER_NAME);
+    let marker = if fs.exists(&marker_path).at(&marker_path)? {
+        let m = fs
+            .read_all(&marker_path)
+            .at(&marker_path)
+            .and_then(|b| CleanMarker::decode(&b).map_err(|k| Error::corruption(&marker_path, 0, k)));
+        // The marker is removed before the log accepts writes: from now on a crash is a crash.
+        fs.remove_file(&marker_path).at(&marker_path)?;
+        changed_dir = true;
+        match m {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!(error = %e, "unreadable clean-shutdown marker; recovering as after a crash");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let bases: Vec<u64> = segments.keys().copied().collect();
+    let Some((&last_base, sealed_bases)) = bases.split_last() else {
+        let active = ActiveSegment::create(fs, dir, 0)?;
+        active.file.sync_data().at(&active.path)?;
+        fs.sync_dir(dir).at(dir)?;
+        let state = State {
+            sealed: Vec::new(),
+            active,
+            last_timestamp_ms: 0,
+        };
+        return Ok((state, 0));
+    };
+
+    let mut sealed: Vec<Arc<SealedSegment>> = Vec::with_capacity(sealed_bases.len());
+    for (i, &base) in sealed_bases.iter().enumerate() {
+        let next_base = bases.get(i + 1).copied().unwrap_or(last_base);
+        match SealedSegment::open(fs, dir, base, next_base, options.recovery, options.index_interval_bytes) {
+            Ok(s) => sealed.push(Arc::new(s)),
+            Err(Error::Corruption {
+                kind: CorruptionKind::OffsetMismatch { expected, found },
+                ..
+            }) if found < expected && options.recovery == RecoveryMode::TolerateTailCorruption => {
+                // The segments so far end before the next one begins: they are left over from a
+                // retention pass that a crash interrupted. Drop them; the log starts after the gap.
+                let stale: Vec<u64> = sealed.drain(..).map(|s| s.base_offset).chain([base]).collect();
+                for b in stale {
+                    warn!(dir = %dir.display(), base_offset = b, "discarding a segment below a gap in the log");
+                    for kind in [FileKind::Segment, FileKind::OffsetIndex, FileKind::TimeIndex] {
+                        let p = dir.join(kind.file_name(b));
+                        match fs.remove_file(&p) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(Error::io(p, e)),
+                        }
+                    }
+                }
+                changed_dir = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let previous_max = sealed.last().map(|s| s.max_timestamp_ms);
+    let clean = match &marker {
+        Some(m) if m.active_base_offset == last_base => ActiveSegment::open_clean(fs, dir, m)?,
+        _ => None,
+    };
+    let active = match clean {
+        Some(a) => a,
+        None => {
+            if marker.is_some() {
+                warn!(dir = %dir.display(), "clean-shutdown marker does not match the files; scanning");
+            }
+            ActiveSegment::recover(fs, dir, last_base, previous_max, options.recovery, options.index_interval_bytes)?
+        }
+    };
+    if changed_dir {
+        fs.sync_dir(dir).at(dir)?;
+    }
+    let last_timestamp_ms = if active.is_empty() {
+        previous_max.unwrap_or(0)
+    } else {
+        active.max_timestamp_ms
+    };
+    let end = active.next_offset;
+    Ok((
+        State {
+            sealed,
+            active,
+            last_timestamp_ms,
+        },
+        end,
+    ))
+}
