@@ -60,6 +60,7 @@ struct State {
     sync_data_calls: u64,
     sync_dir_calls: u64,
     mutating_ops: u64,
+    bytes_read: u64,
 }
 
 /// An in-memory file system that models what survives a power loss.
@@ -158,6 +159,11 @@ impl SimFs {
     /// Number of `sync_dir` calls so far.
     pub fn sync_dir_calls(&self) -> u64 {
         self.lock().sync_dir_calls
+    }
+
+    /// Bytes read through file handles and maps so far (to check what open reads).
+    pub fn bytes_read(&self) -> u64 {
+        self.lock().bytes_read
     }
 
     /// Number of mutating operations so far (the unit of [`SimFs::crash_after_ops`]).
@@ -267,6 +273,7 @@ impl FileHandle for SimFile {
             .and_then(|end| inode.live.get(start..end))
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(src);
+        st.bytes_read += buf.len() as u64;
         Ok(())
     }
 
@@ -405,10 +412,11 @@ impl FileSystem for SimFs {
     }
 
     fn map_readonly(&self, path: &Path) -> io::Result<MappedBytes> {
-        let st = self.lock();
+        let mut st = self.lock();
         st.alive()?;
-        let ino = st.live_names.get(path).ok_or_else(|| not_found(path))?;
-        let bytes = st.inodes.get(ino).map(|i| i.live.clone()).unwrap_or_default();
+        let ino = *st.live_names.get(path).ok_or_else(|| not_found(path))?;
+        let bytes = st.inodes.get(&ino).map(|i| i.live.clone()).unwrap_or_default();
+        st.bytes_read += bytes.len() as u64;
         Ok(Arc::new(bytes))
     }
 }

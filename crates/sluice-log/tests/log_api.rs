@@ -1,0 +1,254 @@
+//! The log's public behaviour: dense offsets, reads and their limits, reopening after a clean
+//! close (without reading segment data) and after a crash, rolling, timestamp seek and retention.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_log::io::sim::SimFs;
+use sluice_log::{Error, FsyncPolicy, Log, LogOptions, ReadLimits, Record, RetentionPolicy};
+
+fn small_segments(clock: std::sync::Arc<ManualClock>) -> LogOptions {
+    LogOptions::default()
+        .segment_bytes_max(4096)
+        .index_interval_bytes(256)
+        .clock(clock)
+}
+
+#[test]
+fn append_and_read_back_on_the_real_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = Log::open(tmp.path(), LogOptions::default().segment_bytes_max(64 << 10)).unwrap();
+    let mut written = Vec::new();
+    for i in 0..200u64 {
+        let batch: Vec<Record> = (0..5).map(|j| record(i * 5 + j, 300)).collect();
+        assert_eq!(log.append(&batch).unwrap(), i * 5);
+        written.extend(batch);
+    }
+    assert_eq!(log.end_offset(), 1000);
+    assert!(log.segment_count() > 1, "64 KiB segments must have rolled");
+    let all = read_all(&log);
+    assert_eq!(all.len(), 1000);
+    for (i, (got, want)) in all.iter().zip(&written).enumerate() {
+        assert_same(got, i as u64, want);
+    }
+    log.close().unwrap();
+
+    let log = Log::open(tmp.path(), LogOptions::default().segment_bytes_max(64 << 10)).unwrap();
+    assert_eq!(log.end_offset(), 1000);
+    let again = read_all(&log);
+    assert_eq!(again, all);
+    // Appending after a reopen continues the offsets.
+    assert_eq!(log.append(&[Record::new("k", "v")]).unwrap(), 1000);
+    drop(log); // no close: the next open recovers
+    let log = Log::open(tmp.path(), LogOptions::default().segment_bytes_max(64 << 10)).unwrap();
+    assert_eq!(log.end_offset(), 1001);
+    assert_eq!(log.read_from(1000, ReadLimits::default()).unwrap()[0].value.as_ref(), b"v");
+}
+
+#[test]
+fn read_limits_and_range_errors() {
+    let fs = SimFs::new();
+    let log = open_sim(&fs, LogOptions::default());
+    for i in 0..10u64 {
+        log.append(&[record(i, 100)]).unwrap();
+    }
+    let r = log
+        .read_from(2, ReadLimits { records_max: 3, bytes_max: 1 << 20 })
+        .unwrap();
+    assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2, 3, 4]);
+    // A byte limit smaller than one record still returns that one record.
+    let r = log.read_from(5, ReadLimits { records_max: 100, bytes_max: 1 }).unwrap();
+    assert_eq!(r.len(), 1);
+    // Two records of 105 bytes each fit in 250 bytes; three do not.
+    let r = log.read_from(0, ReadLimits { records_max: 100, bytes_max: 250 }).unwrap();
+    assert_eq!(r.len(), 2);
+    assert!(log.read_from(10, ReadLimits::default()).unwrap().is_empty());
+    assert!(matches!(
+        log.read_from(11, ReadLimits::default()),
+        Err(Error::OffsetOutOfRange { requested: 11, start: 0, end: 10 })
+    ));
+    assert!(matches!(log.append(&[]), Err(Error::InvalidAppend(_))));
+}
+
+#[test]
+fn invalid_options_are_rejected() {
+    let fs = SimFs::new();
+    for opts in [
+        LogOptions::default().segment_bytes_max(10),
+        LogOptions::default().segment_bytes_max(u64::from(u32::MAX) + 1),
+        LogOptions::default().index_interval_bytes(0),
+        LogOptions::default().segment_age_max(Duration::ZERO),
+        LogOptions::default().fsync(FsyncPolicy::Interval(Duration::ZERO)),
+    ] {
+        let r = Log::open_with_fs(std::sync::Arc::new(fs.clone()), dir(), opts);
+        assert!(matches!(r, Err(Error::InvalidOptions(_))));
+    }
+}
+
+#[test]
+fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment() {
+    let fs = SimFs::new();
+    let opts = || LogOptions::default().segment_bytes_max(1 << 20);
+    let log = open_sim(&fs, opts());
+    for i in 0..400u64 {
+        let batch: Vec<Record> = (0..10).map(|j| record(i * 10 + j, 1000)).collect();
+        log.append(&batch).unwrap();
+    }
+    assert!(log.segment_count() >= 4);
+    log.close().unwrap();
+    let data: u64 = segment_files(&fs, &dir(), "log")
+        .iter()
+        .map(|p| fs.contents(p).unwrap().len() as u64)
+        .sum();
+    assert!(data > 4_000_000);
+
+    let before = fs.bytes_read();
+    let log = open_sim(&fs, opts());
+    let read_by_clean_open = fs.bytes_read() - before;
+    // Headers, index files and one batch header per segment: a tiny fraction of the data.
+    assert!(
+        read_by_clean_open < data / 100,
+        "clean open read {read_by_clean_open} of {data} bytes"
+    );
+    assert_eq!(log.end_offset(), 4000);
+    drop(log); // a crash, as far as the files know
+
+    let active_len = {
+        let mut logs = segment_files(&fs, &dir(), "log");
+        logs.sort();
+        fs.contents(logs.last().unwrap()).unwrap().len() as u64
+    };
+    let before = fs.bytes_read();
+    let log = open_sim(&fs, opts());
+    let read_by_crash_open = fs.bytes_read() - before;
+    assert!(read_by_crash_open >= active_len - 16, "the active segment must be scanned");
+    assert!(
+        read_by_crash_open < active_len + data / 100,
+        "only the active segment is scanned: read {read_by_crash_open}, active {active_len}"
+    );
+    assert_eq!(read_all(&log).len(), 4000);
+}
+
+#[test]
+fn timestamps_never_go_back_and_seek_finds_the_first_record_at_or_after() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(1_000);
+    let log = open_sim(&fs, small_segments(clock.clone()));
+    // Ten records per millisecond step, over many segments.
+    for step in 0..100u64 {
+        clock.set(1_000 + step * 10);
+        let batch: Vec<Record> = (0..10).map(|j| record(step * 10 + j, 50)).collect();
+        log.append(&batch).unwrap();
+    }
+    assert!(log.segment_count() > 5);
+    // The clock going back does not make timestamps go back.
+    clock.set(500);
+    let o = log.append(&[record(1000, 10)]).unwrap();
+    assert_eq!(log.read_from(o, ReadLimits::default()).unwrap()[0].timestamp_ms, 1_990);
+
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(1_000).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(1_001).unwrap(), Some(10));
+    assert_eq!(log.offset_for_timestamp(1_500).unwrap(), Some(500));
+    assert_eq!(log.offset_for_timestamp(1_505).unwrap(), Some(510));
+    assert_eq!(log.offset_for_timestamp(1_990).unwrap(), Some(990));
+    assert_eq!(log.offset_for_timestamp(1_991).unwrap(), None);
+    // Every answer agrees with a linear scan, across segment boundaries, and after reopening.
+    let all = read_all(&log);
+    log.close().unwrap();
+    let log = open_sim(&fs, small_segments(clock.clone()));
+    for t in (990..2_000).step_by(7) {
+        let expected = all.iter().find(|r| r.timestamp_ms >= t).map(|r| r.offset);
+        assert_eq!(log.offset_for_timestamp(t).unwrap(), expected, "t = {t}");
+    }
+}
+
+#[test]
+fn the_active_segment_rolls_by_age() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(0);
+    let opts = LogOptions::default()
+        .segment_age_max(Duration::from_secs(60))
+        .clock(clock.clone());
+    let log = open_sim(&fs, opts);
+    log.append(&[record(0, 10)]).unwrap();
+    clock.advance(59_999);
+    log.append(&[record(1, 10)]).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    clock.advance(1);
+    log.append(&[record(2, 10)]).unwrap();
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[test]
+fn retention_deletes_whole_expired_segments_and_moves_the_start() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(0);
+    let opts = || small_segments(clock.clone()).segment_age_max(Duration::from_secs(3600));
+    let log = open_sim(&fs, opts());
+    // 1 minute apart, 40 batches of ~1 KiB: several per 4 KiB segment.
+    for i in 0..40u64 {
+        clock.set(i * 60_000);
+        log.append(&[record(i, 1000)]).unwrap();
+    }
+    let segments_before = log.segment_count();
+    assert!(segments_before >= 10);
+    let policy = RetentionPolicy { max_age: Some(Duration::from_secs(20 * 60)), max_bytes: None };
+    let now = 40 * 60_000;
+    let out = log.enforce_retention(policy, now).unwrap();
+    assert!(out.segments_deleted > 0);
+    let start = log.start_offset();
+    assert_eq!(out.start_offset, start);
+    // Everything older than 20 minutes whose whole segment expired is gone; nothing younger.
+    assert!(start > 0 && start <= 20, "start {start}");
+    let first = log.read_from(start, ReadLimits::default()).unwrap();
+    assert_eq!(first[0].offset, start);
+    // The records right below the start were in a segment whose newest record had expired.
+    assert!(now - (start - 1) * 60_000 > 20 * 60_000);
+    assert!(matches!(
+        log.read_from(start - 1, ReadLimits::default()),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(segment_files(&fs, &dir(), "log").len(), log.segment_count());
+    assert_eq!(segment_files(&fs, &dir(), "index").len(), log.segment_count() - 1);
+    // The new start survives a reopen.
+    log.close().unwrap();
+    let log = open_sim(&fs, opts());
+    assert_eq!(log.start_offset(), start);
+
+    // Much later, everything has expired: the active segment is rolled and removed too.
+    let out = log.enforce_retention(policy, now + 3 * 3600 * 1000).unwrap();
+    assert!(out.segments_deleted > 0);
+    assert_eq!(log.start_offset(), 40);
+    assert_eq!(log.end_offset(), 40);
+    assert!(log.read_from(40, ReadLimits::default()).unwrap().is_empty());
+    assert_eq!(log.append(&[record(40, 10)]).unwrap(), 40);
+}
+
+#[test]
+fn retention_by_size_keeps_the_newest_segments_under_the_cap() {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(0);
+    let log = open_sim(&fs, small_segments(clock.clone()));
+    for i in 0..100u64 {
+        log.append(&[record(i, 500)]).unwrap();
+    }
+    let total = |fs: &SimFs| -> u64 {
+        segment_files(fs, &dir(), "log")
+            .iter()
+            .map(|p| fs.contents(p).unwrap().len() as u64)
+            .sum()
+    };
+    assert!(total(&fs) > 40_000);
+    let policy = RetentionPolicy { max_age: None, max_bytes: Some(20_000) };
+    let out = log.enforce_retention(policy, 0).unwrap();
+    assert!(out.segments_deleted > 0);
+    assert!(total(&fs) <= 20_000, "{} bytes left", total(&fs));
+    // No more than needed went: adding back the newest removed segment would break the cap.
+    assert!(total(&fs) + 4096 > 20_000);
+    let rest = read_all(&log);
+    assert_eq!(rest.first().unwrap().offset, log.start_offset());
+    assert_eq!(rest.last().unwrap().offset, 99);
+}
