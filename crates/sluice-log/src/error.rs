@@ -69,7 +69,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn corruption(path: impl Into<PathBuf>, position: u64, kind: CorruptionKind) -> Self {
+    pub(crate) fn corruption(
+        path: impl Into<PathBuf>,
+        position: u64,
+        kind: CorruptionKind,
+    ) -> Self {
         Self::Corruption {
             path: path.into(),
             position,

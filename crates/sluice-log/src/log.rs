@@ -180,8 +180,9 @@ impl Log {
     /// follow densely. Under [`FsyncPolicy::Always`] this returns only after an `fdatasync`
     /// covering the records has returned; concurrent callers share that `fdatasync`.
     pub fn append(&self, records: &[Record]) -> Result<u64> {
-        let mut batch = PreparedBatch::new(records.iter().map(|r| (r.key.as_ref(), r.value.as_ref())))
-            .map_err(|e| Error::InvalidAppend(format!("{e:?}")))?;
+        let mut batch =
+            PreparedBatch::new(records.iter().map(|r| (r.key.as_ref(), r.value.as_ref())))
+                .map_err(|e| Error::InvalidAppend(format!("{e:?}")))?;
         let shared = &*self.shared;
         let (base, end) = {
             let mut st = shared.lock_state()?;
@@ -235,9 +236,7 @@ impl Log {
 
     /// First offset still held (the trim horizon).
     pub fn start_offset(&self) -> u64 {
-        self.shared
-            .lock_state()
-            .map_or(0, |st| st.start_offset())
+        self.shared.lock_state().map_or(0, |st| st.start_offset())
     }
 
     /// Next offset to be assigned.
@@ -268,9 +267,7 @@ impl Log {
 
     /// Number of segments (sealed and active).
     pub fn segment_count(&self) -> usize {
-        self.shared
-            .lock_state()
-            .map_or(0, |st| st.sealed.len() + 1)
+        self.shared.lock_state().map_or(0, |st| st.sealed.len() + 1)
     }
 
     /// Reads records from `offset` on, up to the limits, stopping at the readable end. Reading
@@ -335,14 +332,18 @@ impl Log {
     /// is older than `max_age` at `now_ms`, then the oldest while the log exceeds `max_bytes`.
     /// A non-empty active segment that is older than the segment age limit, or entirely
     /// expired, is rolled first so that its data can go too. The start offset moves forward.
-    pub fn enforce_retention(&self, policy: RetentionPolicy, now_ms: u64) -> Result<RetentionOutcome> {
+    pub fn enforce_retention(
+        &self,
+        policy: RetentionPolicy,
+        now_ms: u64,
+    ) -> Result<RetentionOutcome> {
         let shared = &*self.shared;
         let (removed, start_offset) = {
             let mut st = shared.lock_state()?;
             let a = &st.active;
-            let aged = a
-                .first_timestamp_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) >= duration_ms(shared.options.segment_age_max));
+            let aged = a.first_timestamp_ms.is_some_and(|t| {
+                now_ms.saturating_sub(t) >= duration_ms(shared.options.segment_age_max)
+            });
             let expired = policy
                 .max_age
                 .is_some_and(|age| now_ms.saturating_sub(a.max_timestamp_ms) > duration_ms(age));
@@ -677,24 +678,30 @@ impl Cursor {
     /// Walks batches from the cursor's index entry, checking that each continues the one before.
     fn batches(&self) -> impl Iterator<Item = Result<crate::scan::ScannedBatch>> + '_ {
         let mut expected = self.batch_offset;
-        BatchScanner::new(&*self.file, &self.path, self.position, self.len, SCAN_CHUNK_BYTES)
-            .map(move |item| {
-                let b = item?;
-                // Record layout is checked when the records are decoded; here only that the
-                // batch continues the one before (a stale index entry would break this).
-                if b.header.base_offset != expected {
-                    return Err(Error::corruption(
-                        &self.path,
-                        b.position,
-                        CorruptionKind::OffsetMismatch {
-                            expected,
-                            found: b.header.base_offset,
-                        },
-                    ));
-                }
-                expected = b.header.end_offset();
-                Ok(b)
-            })
+        BatchScanner::new(
+            &*self.file,
+            &self.path,
+            self.position,
+            self.len,
+            SCAN_CHUNK_BYTES,
+        )
+        .map(move |item| {
+            let b = item?;
+            // Record layout is checked when the records are decoded; here only that the
+            // batch continues the one before (a stale index entry would break this).
+            if b.header.base_offset != expected {
+                return Err(Error::corruption(
+                    &self.path,
+                    b.position,
+                    CorruptionKind::OffsetMismatch {
+                        expected,
+                        found: b.header.base_offset,
+                    },
+                ));
+            }
+            expected = b.header.end_offset();
+            Ok(b)
+        })
     }
 
     fn read(
@@ -792,10 +799,9 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
 
     let marker_path = dir.join(CLEAN_MARKER_NAME);
     let marker = if fs.exists(&marker_path).at(&marker_path)? {
-        let m = fs
-            .read_all(&marker_path)
-            .at(&marker_path)
-            .and_then(|b| CleanMarker::decode(&b).map_err(|k| Error::corruption(&marker_path, 0, k)));
+        let m = fs.read_all(&marker_path).at(&marker_path).and_then(|b| {
+            CleanMarker::decode(&b).map_err(|k| Error::corruption(&marker_path, 0, k))
+        });
         // The marker is removed before the log accepts writes: from now on a crash is a crash.
         fs.remove_file(&marker_path).at(&marker_path)?;
         changed_dir = true;
@@ -826,7 +832,14 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
     let mut sealed: Vec<Arc<SealedSegment>> = Vec::with_capacity(sealed_bases.len());
     for (i, &base) in sealed_bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied().unwrap_or(last_base);
-        match SealedSegment::open(fs, dir, base, next_base, options.recovery, options.index_interval_bytes) {
+        match SealedSegment::open(
+            fs,
+            dir,
+            base,
+            next_base,
+            options.recovery,
+            options.index_interval_bytes,
+        ) {
             Ok(s) => sealed.push(Arc::new(s)),
             Err(Error::Corruption {
                 kind: CorruptionKind::OffsetMismatch { expected, found },
@@ -834,10 +847,18 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             }) if found < expected && options.recovery == RecoveryMode::TolerateTailCorruption => {
                 // The segments so far end before the next one begins: they are left over from a
                 // retention pass that a crash interrupted. Drop them; the log starts after the gap.
-                let stale: Vec<u64> = sealed.drain(..).map(|s| s.base_offset).chain([base]).collect();
+                let stale: Vec<u64> = sealed
+                    .drain(..)
+                    .map(|s| s.base_offset)
+                    .chain([base])
+                    .collect();
                 for b in stale {
                     warn!(dir = %dir.display(), base_offset = b, "discarding a segment below a gap in the log");
-                    for kind in [FileKind::Segment, FileKind::OffsetIndex, FileKind::TimeIndex] {
+                    for kind in [
+                        FileKind::Segment,
+                        FileKind::OffsetIndex,
+                        FileKind::TimeIndex,
+                    ] {
                         let p = dir.join(kind.file_name(b));
                         match fs.remove_file(&p) {
                             Ok(()) => {}
@@ -862,7 +883,14 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             if marker.is_some() {
                 warn!(dir = %dir.display(), "clean-shutdown marker does not match the files; scanning");
             }
-            ActiveSegment::recover(fs, dir, last_base, previous_max, options.recovery, options.index_interval_bytes)?
+            ActiveSegment::recover(
+                fs,
+                dir,
+                last_base,
+                previous_max,
+                options.recovery,
+                options.index_interval_bytes,
+            )?
         }
     };
     if changed_dir {

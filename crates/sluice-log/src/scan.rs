@@ -65,7 +65,9 @@ impl<'a> BatchScanner<'a> {
         let len = need.max(self.chunk as u64).min(self.end - self.position);
         // `len` is bounded by a batch length (at most BATCH_BYTES_MAX) or the chunk size.
         let mut v = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut v, self.position).at(self.path)?;
+        self.file
+            .read_exact_at(&mut v, self.position)
+            .at(self.path)?;
         self.buf = Bytes::from(v);
         self.buf_start = self.position;
         Ok(())
@@ -92,7 +94,10 @@ impl<'a> BatchScanner<'a> {
         };
         let len = u64::from(header.batch_len);
         if len > left {
-            return Err(self.corrupt(CorruptionKind::Truncated { need: len, have: left }));
+            return Err(self.corrupt(CorruptionKind::Truncated {
+                need: len,
+                have: left,
+            }));
         }
         self.fill(len)?;
         let rel = (self.position - self.buf_start) as usize;

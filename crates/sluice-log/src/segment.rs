@@ -12,7 +12,9 @@ use crate::format::index::{
     OFFSET_ENTRY_LEN, OffsetEntry, OffsetIndexView, TIME_ENTRY_LEN, TimeEntry, TimeIndexView,
     decode_offset_entries, decode_time_entries,
 };
-use crate::format::{CorruptionKind, FILE_HEADER_LEN, FileKind, decode_file_header, encode_file_header};
+use crate::format::{
+    CorruptionKind, FILE_HEADER_LEN, FileKind, decode_file_header, encode_file_header,
+};
 use crate::io::{FileHandle, FileSystem, MappedBytes, OpenMode};
 use crate::options::RecoveryMode;
 use crate::scan::{BatchScanner, SCAN_CHUNK_BYTES, ScannedBatch};
@@ -33,7 +35,13 @@ pub(crate) struct IndexBuilder {
 
 impl IndexBuilder {
     /// Records a batch appended at `position`; adds entries every `interval` bytes.
-    pub fn on_batch(&mut self, relative_offset: u32, position: u32, header: &BatchHeader, interval: u32) {
+    pub fn on_batch(
+        &mut self,
+        relative_offset: u32,
+        position: u32,
+        header: &BatchHeader,
+        interval: u32,
+    ) {
         if self.last.is_some() && self.bytes_since_entry >= u64::from(interval) {
             self.push_offset(relative_offset, position);
             self.push_time(header.max_timestamp_ms, relative_offset);
@@ -57,9 +65,11 @@ impl IndexBuilder {
     }
 
     fn push_time(&mut self, timestamp_ms: u64, relative_offset: u32) {
-        if self.times.last().is_none_or(|e| {
-            e.timestamp_ms < timestamp_ms && e.relative_offset < relative_offset
-        }) {
+        if self
+            .times
+            .last()
+            .is_none_or(|e| e.timestamp_ms < timestamp_ms && e.relative_offset < relative_offset)
+        {
             self.times.push(TimeEntry {
                 timestamp_ms,
                 relative_offset,
@@ -107,7 +117,9 @@ impl IndexBuilder {
 
     /// Relative offset of the last indexed batch whose max timestamp is before `timestamp_ms`.
     pub fn last_before(&self, timestamp_ms: u64) -> u32 {
-        let i = self.times.partition_point(|e| e.timestamp_ms < timestamp_ms);
+        let i = self
+            .times
+            .partition_point(|e| e.timestamp_ms < timestamp_ms);
         i.checked_sub(1)
             .and_then(|i| self.times.get(i))
             .map_or(0, |e| e.relative_offset)
@@ -309,10 +321,18 @@ fn fast_open(
         .map_err(|k| bad(&opath, k))?;
     let times = decode_time_entries(tbytes.get(FILE_HEADER_LEN..).unwrap_or_default())
         .map_err(|k| bad(&tpath, k))?;
-    let last = offsets
-        .last()
-        .ok_or_else(|| bad(&opath, CorruptionKind::BadIndex("a sealed index has no entries")))?;
-    let header = read_header_at(file, &dir.join(FileKind::Segment.file_name(base_offset)), u64::from(last.position), len)?;
+    let last = offsets.last().ok_or_else(|| {
+        bad(
+            &opath,
+            CorruptionKind::BadIndex("a sealed index has no entries"),
+        )
+    })?;
+    let header = read_header_at(
+        file,
+        &dir.join(FileKind::Segment.file_name(base_offset)),
+        u64::from(last.position),
+        len,
+    )?;
     let names_last_batch = header.base_offset == base_offset + u64::from(last.relative_offset)
         && u64::from(last.position) + u64::from(header.batch_len) == len
         && header.end_offset() == next_base;
@@ -362,7 +382,11 @@ pub(crate) fn read_header_at(
     Ok(header)
 }
 
-fn map_indexes(fs: &dyn FileSystem, dir: &Path, base_offset: u64) -> Result<(MappedBytes, MappedBytes)> {
+fn map_indexes(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+) -> Result<(MappedBytes, MappedBytes)> {
     let opath = file_path(dir, FileKind::OffsetIndex, base_offset);
     let tpath = file_path(dir, FileKind::TimeIndex, base_offset);
     Ok((
@@ -429,7 +453,8 @@ pub(crate) fn scan_segment(
             }
             Err(e) => return Err(e),
         };
-        if let Err(kind) = check_batch(&batch, scan.end_offset, scan.max_timestamp_ms, base_offset) {
+        if let Err(kind) = check_batch(&batch, scan.end_offset, scan.max_timestamp_ms, base_offset)
+        {
             scan.error = Some(Error::corruption(path, batch.position, kind));
             break;
         }
@@ -464,7 +489,9 @@ pub(crate) fn check_batch(
         });
     }
     if h.end_offset() - segment_base > u64::from(u32::MAX) || batch.position > u64::from(u32::MAX) {
-        return Err(CorruptionKind::BadIndex("batch beyond 32-bit relative offset or position"));
+        return Err(CorruptionKind::BadIndex(
+            "batch beyond 32-bit relative offset or position",
+        ));
     }
     if h.first_timestamp_ms < previous_max_timestamp_ms {
         return Err(CorruptionKind::TimestampRegression {

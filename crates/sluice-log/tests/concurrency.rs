@@ -32,7 +32,13 @@ fn eight_appenders_share_fsyncs_and_lose_nothing() {
             let mut seen = 0u64;
             while !done.load(Ordering::Acquire) {
                 let got = log
-                    .read_from(seen, ReadLimits { records_max: 500, bytes_max: 1 << 20 })
+                    .read_from(
+                        seen,
+                        ReadLimits {
+                            records_max: 500,
+                            bytes_max: 1 << 20,
+                        },
+                    )
                     .unwrap();
                 for r in &got {
                     assert_eq!(r.offset, seen, "readers see a dense prefix");

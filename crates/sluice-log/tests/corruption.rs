@@ -62,7 +62,11 @@ fn garbage_after_the_tail_is_cut() {
     let (fs, all) = written(4, LogOptions::default());
     let seg = last_segment(&fs);
     let full = fs.contents(&seg).unwrap();
-    for garbage in [vec![0u8; 100], vec![0xff; 7], (0..=255u8).collect::<Vec<_>>()] {
+    for garbage in [
+        vec![0u8; 100],
+        vec![0xff; 7],
+        (0..=255u8).collect::<Vec<_>>(),
+    ] {
         let img = fs.crash_image(sluice_log::io::sim::CrashMode::DropUnsynced, 0);
         let mut bytes = full.clone();
         bytes.extend_from_slice(&garbage);
@@ -103,13 +107,23 @@ fn a_flipped_bit_in_the_tail_batch_drops_it_or_fails_an_absolute_open() {
 
 #[test]
 fn a_flipped_bit_in_a_sealed_segment_is_a_read_error_not_wrong_bytes() {
-    let opts = || LogOptions::default().segment_bytes_max(600).index_interval_bytes(100);
+    let opts = || {
+        LogOptions::default()
+            .segment_bytes_max(600)
+            .index_interval_bytes(100)
+    };
     let (fs, all) = written(30, opts());
     let mut logs = segment_files(&fs, &dir(), "log");
     logs.sort();
     assert!(logs.len() > 3);
     let sealed = logs[1].clone();
-    let base: u64 = sealed.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base: u64 = sealed
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut bytes = fs.contents(&sealed).unwrap();
     let flip_at = 16 + 60; // inside the first batch's records
     bytes[flip_at] ^= 0x10;
@@ -118,7 +132,11 @@ fn a_flipped_bit_in_a_sealed_segment_is_a_read_error_not_wrong_bytes() {
     let log = open_sim(&fs, opts());
     // The damaged batch (offsets base..base+3) fails with a typed error naming the file.
     match log.read_from(base, ReadLimits::default()) {
-        Err(Error::Corruption { path, position, kind }) => {
+        Err(Error::Corruption {
+            path,
+            position,
+            kind,
+        }) => {
             assert_eq!(path, sealed);
             assert_eq!(position, 16);
             assert!(matches!(kind, CorruptionKind::ChecksumMismatch { .. }));
@@ -142,12 +160,21 @@ fn a_flipped_bit_in_a_sealed_segment_is_a_read_error_not_wrong_bytes() {
         opts().recovery(RecoveryMode::AbsoluteConsistency),
     )
     .unwrap();
-    assert!(strict.read_from(base + 1, ReadLimits::default()).unwrap_err().is_corruption());
+    assert!(
+        strict
+            .read_from(base + 1, ReadLimits::default())
+            .unwrap_err()
+            .is_corruption()
+    );
 }
 
 #[test]
 fn damaged_or_missing_index_files_are_rebuilt() {
-    let opts = || LogOptions::default().segment_bytes_max(600).index_interval_bytes(100);
+    let opts = || {
+        LogOptions::default()
+            .segment_bytes_max(600)
+            .index_interval_bytes(100)
+    };
     let (fs, all) = written(30, opts());
     let mut idx = segment_files(&fs, &dir(), "index");
     idx.sort();

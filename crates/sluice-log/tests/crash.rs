@@ -112,12 +112,19 @@ fn trial(seed: u64) -> usize {
         end >= acked_end,
         "seed {seed} ({mode:?}, crash at op {crash_at}): acknowledged up to {acked_end}, recovered up to {end}"
     );
-    assert!(end <= attempted.len() as u64, "seed {seed}: offsets past anything written");
+    assert!(
+        end <= attempted.len() as u64,
+        "seed {seed}: offsets past anything written"
+    );
     // Retention may have moved the start; it never moves past a recorded start by itself, and
     // a retention pass cut short by the crash may leave its segments in place.
     assert!(recovered_start <= start.max(recovered_start));
     let all = read_all(&log);
-    assert_eq!(all.len() as u64, end - recovered_start, "seed {seed}: a hole in the log");
+    assert_eq!(
+        all.len() as u64,
+        end - recovered_start,
+        "seed {seed}: a hole in the log"
+    );
     for r in &all {
         assert_same(r, r.offset, &attempted[r.offset as usize]);
     }
@@ -143,7 +150,10 @@ fn acknowledged_records_survive_power_loss_at_random_points() {
         acks += trial(seed);
     }
     // The crash points must land inside the workload, not all before it.
-    assert!(acks > trials as usize * 5, "only {acks} acknowledged appends across trials");
+    assert!(
+        acks > trials as usize * 5,
+        "only {acks} acknowledged appends across trials"
+    );
 }
 
 /// Several threads appending under `Always` when the power goes: every acknowledged record
@@ -199,7 +209,10 @@ fn concurrent_appenders_lose_nothing_acknowledged_at_a_crash() {
                     v.rsplit('-').next().unwrap().parse().unwrap()
                 })
                 .collect();
-            assert!(mine.windows(2).all(|w| w[0] < w[1]), "seed {seed}: thread {t} out of order");
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "seed {seed}: thread {t} out of order"
+            );
         }
     }
 }

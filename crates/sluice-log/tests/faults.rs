@@ -24,10 +24,17 @@ fn a_failed_fsync_poisons_the_log_until_reopened() {
     }
     // Every later write, sync and close is refused without touching the disk again.
     for _ in 0..3 {
-        assert!(matches!(log.append(&[record(2, 10)]), Err(Error::Poisoned { .. })));
+        assert!(matches!(
+            log.append(&[record(2, 10)]),
+            Err(Error::Poisoned { .. })
+        ));
         assert!(matches!(log.sync(), Err(Error::Poisoned { .. })));
     }
-    assert_eq!(fs.sync_data_calls(), syncs_before + 1, "a failed fsync is never retried");
+    assert_eq!(
+        fs.sync_data_calls(),
+        syncs_before + 1,
+        "a failed fsync is never retried"
+    );
     // Reads of acknowledged data still work; the unacknowledged record is not served under
     // `Always`, since it was never made durable.
     assert_eq!(log.read_from(0, ReadLimits::default()).unwrap().len(), 1);
@@ -40,7 +47,10 @@ fn a_failed_fsync_poisons_the_log_until_reopened() {
     fs.fail_sync_after(u64::MAX, ErrorKind::Other);
     let log = open_sim(&fs, LogOptions::default());
     let end = log.end_offset();
-    assert!(end == 1 || end == 2, "the unacknowledged record may or may not be there");
+    assert!(
+        end == 1 || end == 2,
+        "the unacknowledged record may or may not be there"
+    );
     assert_eq!(log.append(&[record(9, 10)]).unwrap(), end);
 }
 
@@ -98,7 +108,10 @@ fn interval_policy_flushes_in_the_background_and_acks_before_the_flush() {
     assert_eq!(log.read_from(0, ReadLimits::default()).unwrap().len(), 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while fs.sync_data_calls() == before {
-        assert!(std::time::Instant::now() < deadline, "no background flush within 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background flush within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // After the flush the record survives a power loss.

@@ -19,7 +19,11 @@ fn small_segments(clock: std::sync::Arc<ManualClock>) -> LogOptions {
 #[test]
 fn append_and_read_back_on_the_real_disk() {
     let tmp = tempfile::tempdir().unwrap();
-    let log = Log::open(tmp.path(), LogOptions::default().segment_bytes_max(64 << 10)).unwrap();
+    let log = Log::open(
+        tmp.path(),
+        LogOptions::default().segment_bytes_max(64 << 10),
+    )
+    .unwrap();
     let mut written = Vec::new();
     for i in 0..200u64 {
         let batch: Vec<Record> = (0..5).map(|j| record(i * 5 + j, 300)).collect();
@@ -35,16 +39,29 @@ fn append_and_read_back_on_the_real_disk() {
     }
     log.close().unwrap();
 
-    let log = Log::open(tmp.path(), LogOptions::default().segment_bytes_max(64 << 10)).unwrap();
+    let log = Log::open(
+        tmp.path(),
+        LogOptions::default().segment_bytes_max(64 << 10),
+    )
+    .unwrap();
     assert_eq!(log.end_offset(), 1000);
     let again = read_all(&log);
     assert_eq!(again, all);
     // Appending after a reopen continues the offsets.
     assert_eq!(log.append(&[Record::new("k", "v")]).unwrap(), 1000);
     drop(log); // no close: the next open recovers
-    let log = Log::open(tmp.path(), LogOptions::default().segment_bytes_max(64 << 10)).unwrap();
+    let log = Log::open(
+        tmp.path(),
+        LogOptions::default().segment_bytes_max(64 << 10),
+    )
+    .unwrap();
     assert_eq!(log.end_offset(), 1001);
-    assert_eq!(log.read_from(1000, ReadLimits::default()).unwrap()[0].value.as_ref(), b"v");
+    assert_eq!(
+        log.read_from(1000, ReadLimits::default()).unwrap()[0]
+            .value
+            .as_ref(),
+        b"v"
+    );
 }
 
 #[test]
@@ -55,19 +72,48 @@ fn read_limits_and_range_errors() {
         log.append(&[record(i, 100)]).unwrap();
     }
     let r = log
-        .read_from(2, ReadLimits { records_max: 3, bytes_max: 1 << 20 })
+        .read_from(
+            2,
+            ReadLimits {
+                records_max: 3,
+                bytes_max: 1 << 20,
+            },
+        )
         .unwrap();
-    assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        r.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     // A byte limit smaller than one record still returns that one record.
-    let r = log.read_from(5, ReadLimits { records_max: 100, bytes_max: 1 }).unwrap();
+    let r = log
+        .read_from(
+            5,
+            ReadLimits {
+                records_max: 100,
+                bytes_max: 1,
+            },
+        )
+        .unwrap();
     assert_eq!(r.len(), 1);
     // Two records of 105 bytes each fit in 250 bytes; three do not.
-    let r = log.read_from(0, ReadLimits { records_max: 100, bytes_max: 250 }).unwrap();
+    let r = log
+        .read_from(
+            0,
+            ReadLimits {
+                records_max: 100,
+                bytes_max: 250,
+            },
+        )
+        .unwrap();
     assert_eq!(r.len(), 2);
     assert!(log.read_from(10, ReadLimits::default()).unwrap().is_empty());
     assert!(matches!(
         log.read_from(11, ReadLimits::default()),
-        Err(Error::OffsetOutOfRange { requested: 11, start: 0, end: 10 })
+        Err(Error::OffsetOutOfRange {
+            requested: 11,
+            start: 0,
+            end: 10
+        })
     ));
     assert!(matches!(log.append(&[]), Err(Error::InvalidAppend(_))));
 }
@@ -123,7 +169,10 @@ fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment(
     let before = fs.bytes_read();
     let log = open_sim(&fs, opts());
     let read_by_crash_open = fs.bytes_read() - before;
-    assert!(read_by_crash_open >= active_len - 16, "the active segment must be scanned");
+    assert!(
+        read_by_crash_open >= active_len - 16,
+        "the active segment must be scanned"
+    );
     assert!(
         read_by_crash_open < active_len + data / 100,
         "only the active segment is scanned: read {read_by_crash_open}, active {active_len}"
@@ -146,7 +195,10 @@ fn timestamps_never_go_back_and_seek_finds_the_first_record_at_or_after() {
     // The clock going back does not make timestamps go back.
     clock.set(500);
     let o = log.append(&[record(1000, 10)]).unwrap();
-    assert_eq!(log.read_from(o, ReadLimits::default()).unwrap()[0].timestamp_ms, 1_990);
+    assert_eq!(
+        log.read_from(o, ReadLimits::default()).unwrap()[0].timestamp_ms,
+        1_990
+    );
 
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
     assert_eq!(log.offset_for_timestamp(1_000).unwrap(), Some(0));
@@ -195,7 +247,10 @@ fn retention_deletes_whole_expired_segments_and_moves_the_start() {
     }
     let segments_before = log.segment_count();
     assert!(segments_before >= 10);
-    let policy = RetentionPolicy { max_age: Some(Duration::from_secs(20 * 60)), max_bytes: None };
+    let policy = RetentionPolicy {
+        max_age: Some(Duration::from_secs(20 * 60)),
+        max_bytes: None,
+    };
     let now = 40 * 60_000;
     let out = log.enforce_retention(policy, now).unwrap();
     assert!(out.segments_deleted > 0);
@@ -212,14 +267,19 @@ fn retention_deletes_whole_expired_segments_and_moves_the_start() {
         Err(Error::OffsetOutOfRange { .. })
     ));
     assert_eq!(segment_files(&fs, &dir(), "log").len(), log.segment_count());
-    assert_eq!(segment_files(&fs, &dir(), "index").len(), log.segment_count() - 1);
+    assert_eq!(
+        segment_files(&fs, &dir(), "index").len(),
+        log.segment_count() - 1
+    );
     // The new start survives a reopen.
     log.close().unwrap();
     let log = open_sim(&fs, opts());
     assert_eq!(log.start_offset(), start);
 
     // Much later, everything has expired: the active segment is rolled and removed too.
-    let out = log.enforce_retention(policy, now + 3 * 3600 * 1000).unwrap();
+    let out = log
+        .enforce_retention(policy, now + 3 * 3600 * 1000)
+        .unwrap();
     assert!(out.segments_deleted > 0);
     assert_eq!(log.start_offset(), 40);
     assert_eq!(log.end_offset(), 40);
@@ -242,7 +302,10 @@ fn retention_by_size_keeps_the_newest_segments_under_the_cap() {
             .sum()
     };
     assert!(total(&fs) > 40_000);
-    let policy = RetentionPolicy { max_age: None, max_bytes: Some(20_000) };
+    let policy = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(20_000),
+    };
     let out = log.enforce_retention(policy, 0).unwrap();
     assert!(out.segments_deleted > 0);
     assert!(total(&fs) <= 20_000, "{} bytes left", total(&fs));

@@ -53,7 +53,10 @@ fn run(seed: u64, steps: usize) {
                 assert_eq!(first, model.len() as u64, "{ctx}");
                 let ts = log.read_from(first, ReadLimits::default()).unwrap()[0].timestamp_ms;
                 assert!(ts >= model.last().map_or(0, |e| e.timestamp_ms), "{ctx}");
-                model.extend(batch.into_iter().map(|record| Expected { record, timestamp_ms: ts }));
+                model.extend(batch.into_iter().map(|record| Expected {
+                    record,
+                    timestamp_ms: ts,
+                }));
             }
             50..=69 => {
                 let end = model.len() as u64;
@@ -92,13 +95,23 @@ fn run(seed: u64, steps: usize) {
                     .iter()
                     .position(|e| e.timestamp_ms >= t)
                     .map(|i| start + i as u64);
-                assert_eq!(log.offset_for_timestamp(t).unwrap(), expected, "{ctx}: t={t}");
+                assert_eq!(
+                    log.offset_for_timestamp(t).unwrap(),
+                    expected,
+                    "{ctx}: t={t}"
+                );
             }
             78..=85 => clock.advance(rng.gen_range(0..120_000)),
             86..=90 => {
                 let now = clock.now();
                 let out = log
-                    .enforce_retention(RetentionPolicy { max_age: Some(max_age), max_bytes: None }, now)
+                    .enforce_retention(
+                        RetentionPolicy {
+                            max_age: Some(max_age),
+                            max_bytes: None,
+                        },
+                        now,
+                    )
                     .unwrap();
                 assert!(out.start_offset >= start, "{ctx}");
                 for e in &model[start as usize..out.start_offset as usize] {

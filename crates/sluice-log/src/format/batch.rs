@@ -70,7 +70,8 @@ pub struct BatchHeader {
 impl BatchHeader {
     /// One past the offset of the last record.
     pub fn end_offset(&self) -> u64 {
-        self.base_offset.saturating_add(u64::from(self.record_count))
+        self.base_offset
+            .saturating_add(u64::from(self.record_count))
     }
 
     /// Decodes and checks the 40-byte header at the start of `bytes`. The CRC is not checked
@@ -91,7 +92,8 @@ impl BatchHeader {
         if version != FORMAT_VERSION {
             return Err(CorruptionKind::UnsupportedVersion(version));
         }
-        if (batch_len as usize) < BATCH_HEADER_LEN + RECORD_HEADER_LEN || batch_len > BATCH_BYTES_MAX
+        if (batch_len as usize) < BATCH_HEADER_LEN + RECORD_HEADER_LEN
+            || batch_len > BATCH_BYTES_MAX
         {
             return Err(CorruptionKind::BadBatchLength(batch_len));
         }
@@ -170,10 +172,12 @@ pub fn for_each_record<'a>(
     batch: &'a [u8],
     mut f: impl FnMut(RecordRef<'a>),
 ) -> Result<(), CorruptionKind> {
-    let body = batch.get(BATCH_HEADER_LEN..).ok_or(CorruptionKind::Truncated {
-        need: BATCH_HEADER_LEN as u64,
-        have: batch.len() as u64,
-    })?;
+    let body = batch
+        .get(BATCH_HEADER_LEN..)
+        .ok_or(CorruptionKind::Truncated {
+            need: BATCH_HEADER_LEN as u64,
+            have: batch.len() as u64,
+        })?;
     let mut r = Reader::new(body);
     for index in 0..header.record_count {
         let layout = |_| CorruptionKind::BadRecordLayout { index };
@@ -273,9 +277,11 @@ pub enum EncodeError {
 
 /// Bytes a batch of these records occupies on disk.
 pub fn encoded_len<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
-    records.into_iter().fold(BATCH_HEADER_LEN as u64, |acc, (k, v)| {
-        acc + (RECORD_HEADER_LEN + k.len() + v.len()) as u64
-    })
+    records
+        .into_iter()
+        .fold(BATCH_HEADER_LEN as u64, |acc, (k, v)| {
+            acc + (RECORD_HEADER_LEN + k.len() + v.len()) as u64
+        })
 }
 
 impl PreparedBatch {
@@ -408,7 +414,12 @@ mod tests {
     #[test]
     fn round_trip() {
         let records: Vec<(Vec<u8>, Vec<u8>)> = (0..50u32)
-            .map(|i| (format!("key-{i}").into_bytes(), vec![i as u8; i as usize * 7]))
+            .map(|i| {
+                (
+                    format!("key-{i}").into_bytes(),
+                    vec![i as u8; i as usize * 7],
+                )
+            })
             .collect();
         let bytes = encode(
             &records
@@ -485,7 +496,10 @@ mod tests {
         );
         let mut v = g.clone();
         v[10] = 2;
-        assert_eq!(decode(&v).unwrap_err(), CorruptionKind::UnsupportedVersion(2));
+        assert_eq!(
+            decode(&v).unwrap_err(),
+            CorruptionKind::UnsupportedVersion(2)
+        );
         let mut l = g.clone();
         l[4..8].copy_from_slice(&3u32.to_le_bytes());
         assert_eq!(decode(&l).unwrap_err(), CorruptionKind::BadBatchLength(3));
@@ -552,7 +566,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = g.clone();
                 b[byte] ^= 1 << bit;
-                assert!(decode(&b).is_err(), "flip of bit {bit} in byte {byte} went unseen");
+                assert!(
+                    decode(&b).is_err(),
+                    "flip of bit {bit} in byte {byte} went unseen"
+                );
             }
         }
     }

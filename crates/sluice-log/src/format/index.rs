@@ -67,7 +67,9 @@ impl TimeEntry {
 /// that it is a whole number of entries with strictly increasing offsets and positions.
 pub fn decode_offset_entries(body: &[u8]) -> Result<Vec<OffsetEntry>, CorruptionKind> {
     if body.len() % OFFSET_ENTRY_LEN != 0 {
-        return Err(CorruptionKind::BadIndex("length is not a whole number of entries"));
+        return Err(CorruptionKind::BadIndex(
+            "length is not a whole number of entries",
+        ));
     }
     let mut r = Reader::new(body);
     let mut out: Vec<OffsetEntry> = Vec::with_capacity(body.len() / OFFSET_ENTRY_LEN);
@@ -85,7 +87,9 @@ pub fn decode_offset_entries(body: &[u8]) -> Result<Vec<OffsetEntry>, Corruption
 /// Decodes all time entries of a time index file body, with the same checks.
 pub fn decode_time_entries(body: &[u8]) -> Result<Vec<TimeEntry>, CorruptionKind> {
     if body.len() % TIME_ENTRY_LEN != 0 {
-        return Err(CorruptionKind::BadIndex("length is not a whole number of entries"));
+        return Err(CorruptionKind::BadIndex(
+            "length is not a whole number of entries",
+        ));
     }
     let mut r = Reader::new(body);
     let mut out: Vec<TimeEntry> = Vec::with_capacity(body.len() / TIME_ENTRY_LEN);
@@ -109,9 +113,9 @@ fn check_offset_order(prev: Option<&OffsetEntry>, e: &OffsetEntry) -> Result<(),
         Some(p) if e.relative_offset <= p.relative_offset || e.position <= p.position => {
             Err(CorruptionKind::BadIndex("offset entries out of order"))
         }
-        None if e.position < FILE_HEADER_LEN as u32 => {
-            Err(CorruptionKind::BadIndex("entry points into the file header"))
-        }
+        None if e.position < FILE_HEADER_LEN as u32 => Err(CorruptionKind::BadIndex(
+            "entry points into the file header",
+        )),
         _ => Ok(()),
     }
 }

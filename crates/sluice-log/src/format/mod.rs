@@ -281,10 +281,13 @@ impl<'a> Reader<'a> {
                 need: (self.position as u64).saturating_add(n as u64),
                 have: self.bytes.len() as u64,
             })?;
-        let out = self.bytes.get(self.position..end).ok_or(CorruptionKind::Truncated {
-            need: end as u64,
-            have: self.bytes.len() as u64,
-        })?;
+        let out = self
+            .bytes
+            .get(self.position..end)
+            .ok_or(CorruptionKind::Truncated {
+                need: end as u64,
+                have: self.bytes.len() as u64,
+            })?;
         self.position = end;
         Ok(out)
     }

@@ -30,6 +30,7 @@ pub enum OpenMode {
 
 /// One open file. Reads and writes are positional, so a handle can be shared between threads
 /// without a seek cursor.
+#[allow(clippy::len_without_is_empty)] // a file's length is an I/O call, not a collection size
 pub trait FileHandle: Send + Sync + Debug {
     /// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;

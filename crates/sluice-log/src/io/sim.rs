@@ -415,7 +415,11 @@ impl FileSystem for SimFs {
         let mut st = self.lock();
         st.alive()?;
         let ino = *st.live_names.get(path).ok_or_else(|| not_found(path))?;
-        let bytes = st.inodes.get(&ino).map(|i| i.live.clone()).unwrap_or_default();
+        let bytes = st
+            .inodes
+            .get(&ino)
+            .map(|i| i.live.clone())
+            .unwrap_or_default();
         st.bytes_read += bytes.len() as u64;
         Ok(Arc::new(bytes))
     }

@@ -54,7 +54,13 @@ pub fn read_all(log: &Log) -> Vec<StoredRecord> {
     let mut next = log.start_offset();
     loop {
         let batch = log
-            .read_from(next, ReadLimits { records_max: 1000, bytes_max: 1 << 20 })
+            .read_from(
+                next,
+                ReadLimits {
+                    records_max: 1000,
+                    bytes_max: 1 << 20,
+                },
+            )
             .expect("read");
         let Some(last) = batch.last() else { break };
         next = last.offset + 1;
