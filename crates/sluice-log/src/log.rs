@@ -1,6 +1,7 @@
 //! The log of one partition: append, read, seek by time, roll, sync, retention, open and close.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -15,7 +16,7 @@ use crate::format::batch::{PreparedBatch, StoredRecord, records_of};
 use crate::format::marker::CleanMarker;
 use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, TEMP_SUFFIX};
 use crate::io::{FileSystem, StdFs};
-use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RecoveryMode, RetentionPolicy};
+use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RetentionPolicy};
 use crate::scan::{BatchScanner, SCAN_CHUNK_BYTES};
 use crate::segment::{ActiveSegment, SealedSegment, write_indexes};
 
@@ -294,10 +295,10 @@ impl Log {
                 break;
             }
             match out.last() {
-                Some(r) if out.len() > before => next = r.offset + 1,
+                Some(r) if out.len() > before => next = r.offset.saturating_add(1),
                 _ => break,
             }
-            if next >= cursor.visible_end {
+            if next >= cursor.log_visible_end {
                 break;
             }
         }
@@ -324,7 +325,7 @@ impl Log {
                 return Ok(None);
             }
         };
-        let from = cursor.base_offset + u64::from(rel_start);
+        let from = cursor.base_offset.saturating_add(u64::from(rel_start));
         cursor.find_timestamp(from, timestamp_ms)
     }
 
@@ -383,11 +384,13 @@ impl Log {
                     Err(e) => return Err(Error::io(path, e)),
                 }
             }
+            // One directory fsync per segment, oldest first: after a crash the segments still
+            // present are always a contiguous run, never a newer one with an older gap below.
+            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += seg.len;
         }
         if !removed.is_empty() {
-            shared.fs.sync_dir(&shared.dir).at(&shared.dir)?;
             info!(
                 dir = %shared.dir.display(),
                 segments = outcome.segments_deleted,
@@ -627,9 +630,9 @@ impl Shared {
         }
         let i = st.sealed.partition_point(|s| s.end_offset <= offset);
         Ok(Some(match st.sealed.get(i) {
-            Some(s) => Cursor::sealed(s, (offset - s.base_offset) as u32, visible_end),
+            Some(s) => Cursor::sealed(s, relative(offset, s.base_offset), visible_end),
             None => {
-                let rel = (offset - st.active.base_offset) as u32;
+                let rel = relative(offset, st.active.base_offset);
                 Cursor::active(&st.active, rel, visible_end)
             }
         }))
@@ -645,7 +648,18 @@ struct Cursor {
     batch_offset: u64,
     position: u64,
     len: u64,
+    /// Where the segment's records must end (the next segment's base offset when sealed).
+    end_offset: u64,
+    /// Where reading this segment stops: its end or the log's readable end, if lower.
     visible_end: u64,
+    /// The log's readable end when the cursor was made.
+    log_visible_end: u64,
+}
+
+/// Relative offset of `offset` in a segment, saturated: an index floor lookup with a saturated
+/// key still returns an entry at or below the target, from which the scan moves forward.
+fn relative(offset: u64, base_offset: u64) -> u32 {
+    u32::try_from(offset.saturating_sub(base_offset)).unwrap_or(u32::MAX)
 }
 
 impl Cursor {
@@ -655,10 +669,12 @@ impl Cursor {
             file: Arc::clone(&s.file),
             path: s.path.clone(),
             base_offset: s.base_offset,
-            batch_offset: s.base_offset + u64::from(batch_rel),
+            batch_offset: s.base_offset.saturating_add(u64::from(batch_rel)),
             position,
             len: s.len,
+            end_offset: s.end_offset,
             visible_end: visible_end.min(s.end_offset),
+            log_visible_end: visible_end,
         }
     }
 
@@ -668,27 +684,31 @@ impl Cursor {
             file: Arc::clone(&a.file),
             path: a.path.clone(),
             base_offset: a.base_offset,
-            batch_offset: a.base_offset + u64::from(batch_rel),
+            batch_offset: a.base_offset.saturating_add(u64::from(batch_rel)),
             position,
             len: a.len,
+            end_offset: a.next_offset,
             visible_end: visible_end.min(a.next_offset),
+            log_visible_end: visible_end,
         }
     }
 
-    /// Walks batches from the cursor's index entry, checking that each continues the one before.
-    fn batches(&self) -> impl Iterator<Item = Result<crate::scan::ScannedBatch>> + '_ {
+    /// Calls `f` on each batch from the cursor's index entry until it breaks. Each batch must
+    /// continue the one before (a stale index entry would break this), and the segment's data
+    /// must reach its end offset: running out of data early is damage, never a quiet end.
+    fn for_each_batch(
+        &self,
+        mut f: impl FnMut(&crate::scan::ScannedBatch) -> Result<ControlFlow<()>>,
+    ) -> Result<()> {
         let mut expected = self.batch_offset;
-        BatchScanner::new(
+        for item in BatchScanner::new(
             &*self.file,
             &self.path,
             self.position,
             self.len,
             SCAN_CHUNK_BYTES,
-        )
-        .map(move |item| {
+        ) {
             let b = item?;
-            // Record layout is checked when the records are decoded; here only that the
-            // batch continues the one before (a stale index entry would break this).
             if b.header.base_offset != expected {
                 return Err(Error::corruption(
                     &self.path,
@@ -700,8 +720,21 @@ impl Cursor {
                 ));
             }
             expected = b.header.end_offset();
-            Ok(b)
-        })
+            if f(&b)?.is_break() {
+                return Ok(());
+            }
+        }
+        if expected < self.end_offset {
+            return Err(Error::corruption(
+                &self.path,
+                self.len,
+                CorruptionKind::MissingRecords {
+                    expected_end: self.end_offset,
+                    found_end: expected,
+                },
+            ));
+        }
+        Ok(())
     }
 
     fn read(
@@ -711,13 +744,12 @@ impl Cursor {
         out: &mut Vec<StoredRecord>,
         bytes: &mut usize,
     ) -> Result<()> {
-        for batch in self.batches() {
-            let b = batch?;
+        self.for_each_batch(|b| {
             if b.header.base_offset >= self.visible_end {
-                break;
+                return Ok(ControlFlow::Break(()));
             }
             if b.header.end_offset() <= from {
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
             let records = records_of(&b.header, &b.bytes)
                 .map_err(|k| Error::corruption(&self.path, b.position, k))?;
@@ -730,33 +762,34 @@ impl Cursor {
                     || out.len() >= limits.records_max
                     || (!out.is_empty() && *bytes + size > limits.bytes_max)
                 {
-                    return Ok(());
+                    return Ok(ControlFlow::Break(()));
                 }
                 *bytes += size;
                 out.push(r);
             }
-        }
-        Ok(())
+            Ok(ControlFlow::Continue(()))
+        })
     }
 
     fn find_timestamp(&self, from: u64, timestamp_ms: u64) -> Result<Option<u64>> {
-        for batch in self.batches() {
-            let b = batch?;
+        let mut found = None;
+        self.for_each_batch(|b| {
             if b.header.base_offset >= self.visible_end {
-                break;
+                return Ok(ControlFlow::Break(()));
             }
             if b.header.end_offset() <= from || b.header.max_timestamp_ms < timestamp_ms {
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
             let records = records_of(&b.header, &b.bytes)
                 .map_err(|k| Error::corruption(&self.path, b.position, k))?;
-            return Ok(records
+            found = records
                 .iter()
                 .find(|r| r.timestamp_ms >= timestamp_ms)
                 .map(|r| r.offset)
-                .filter(|o| *o < self.visible_end));
-        }
-        Ok(None)
+                .filter(|o| *o < self.visible_end);
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(found)
     }
 }
 
@@ -832,45 +865,15 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
     let mut sealed: Vec<Arc<SealedSegment>> = Vec::with_capacity(sealed_bases.len());
     for (i, &base) in sealed_bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied().unwrap_or(last_base);
-        match SealedSegment::open(
+        let s = SealedSegment::open(
             fs,
             dir,
             base,
             next_base,
             options.recovery,
             options.index_interval_bytes,
-        ) {
-            Ok(s) => sealed.push(Arc::new(s)),
-            Err(Error::Corruption {
-                kind: CorruptionKind::OffsetMismatch { expected, found },
-                ..
-            }) if found < expected && options.recovery == RecoveryMode::TolerateTailCorruption => {
-                // The segments so far end before the next one begins: they are left over from a
-                // retention pass that a crash interrupted. Drop them; the log starts after the gap.
-                let stale: Vec<u64> = sealed
-                    .drain(..)
-                    .map(|s| s.base_offset)
-                    .chain([base])
-                    .collect();
-                for b in stale {
-                    warn!(dir = %dir.display(), base_offset = b, "discarding a segment below a gap in the log");
-                    for kind in [
-                        FileKind::Segment,
-                        FileKind::OffsetIndex,
-                        FileKind::TimeIndex,
-                    ] {
-                        let p = dir.join(kind.file_name(b));
-                        match fs.remove_file(&p) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(Error::io(p, e)),
-                        }
-                    }
-                }
-                changed_dir = true;
-            }
-            Err(e) => return Err(e),
-        }
+        )?;
+        sealed.push(Arc::new(s));
     }
     let previous_max = sealed.last().map(|s| s.max_timestamp_ms);
     let clean = match &marker {

@@ -231,22 +231,26 @@ impl SealedSegment {
             Err(e) => warn!(error = %e, "index of a sealed segment is unusable; rebuilding it"),
         }
         let scan = scan_segment(&*file, &path, base_offset, len, None, index_interval)?;
-        if let Some(err) = scan.error {
+        let damage = scan.error.or_else(|| {
+            (scan.end_offset != next_base).then(|| {
+                Error::corruption(
+                    &path,
+                    scan.valid_len,
+                    CorruptionKind::MissingRecords {
+                        expected_end: next_base,
+                        found_end: scan.end_offset,
+                    },
+                )
+            })
+        });
+        if let Some(err) = damage {
             if mode == RecoveryMode::AbsoluteConsistency {
                 return Err(err);
             }
-            // Damage inside sealed data: reads that reach it fail with this error; the rest of
-            // the segment (and the log) stays readable. `verify` reports it.
-            warn!(error = %err, "sealed segment is damaged; reads past the damage will fail");
-        } else if scan.end_offset != next_base {
-            return Err(Error::corruption(
-                &path,
-                len,
-                CorruptionKind::OffsetMismatch {
-                    expected: next_base,
-                    found: scan.end_offset,
-                },
-            ));
+            // Damage inside sealed data: the valid prefix is indexed, reads that reach the damage
+            // fail with a `Corruption` error, and the rest of the log stays readable. Nothing is
+            // deleted: the damage may be repairable from a backup.
+            warn!(error = %err, "sealed segment is damaged; reads that reach the damage will fail");
         }
         let mut index = scan.index;
         index.finish();
@@ -333,7 +337,8 @@ fn fast_open(
         u64::from(last.position),
         len,
     )?;
-    let names_last_batch = header.base_offset == base_offset + u64::from(last.relative_offset)
+    let names_last_batch = Some(header.base_offset)
+        == base_offset.checked_add(u64::from(last.relative_offset))
         && u64::from(last.position) + u64::from(header.batch_len) == len
         && header.end_offset() == next_base;
     let time_ok = times.last().is_none_or(|t| {
@@ -584,7 +589,7 @@ impl ActiveSegment {
         else {
             return Ok(None);
         };
-        if header.base_offset != base_offset + u64::from(last.relative_offset)
+        if Some(header.base_offset) != base_offset.checked_add(u64::from(last.relative_offset))
             || u64::from(last.position) + u64::from(header.batch_len) != len
             || header.end_offset() != marker.end_offset
             || header.max_timestamp_ms != marker.active_max_timestamp_ms

@@ -224,3 +224,68 @@ fn a_torn_header_on_a_new_active_segment_is_recreated() {
         check_prefix(&img, &all, sealed_end);
     }
 }
+
+#[test]
+fn a_sealed_segment_that_lost_its_end_is_reported_not_skipped() {
+    let opts = || {
+        LogOptions::default()
+            .segment_bytes_max(600)
+            .index_interval_bytes(100)
+    };
+    let (fs, all) = written(30, opts());
+    let mut logs = segment_files(&fs, &dir(), "log");
+    logs.sort();
+    let victim = logs[1].clone();
+    let next_base: u64 = logs[2]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = fs.contents(&victim).unwrap();
+    // Cut exactly at a batch boundary: every remaining batch is valid, but records are missing.
+    let mut last_start = 16;
+    while let Ok((h, _)) = sluice_log::format::batch::decode(&bytes[last_start..]) {
+        if last_start + h.batch_len as usize == bytes.len() {
+            break;
+        }
+        last_start += h.batch_len as usize;
+    }
+    fs.set_contents(&victim, bytes[..last_start].to_vec());
+
+    // A strict open refuses; the default open serves what is intact and reports the rest.
+    let strict = sluice_log::Log::open_with_fs(
+        std::sync::Arc::new(fs.clone()),
+        dir(),
+        opts().recovery(RecoveryMode::AbsoluteConsistency),
+    );
+    assert!(matches!(
+        strict,
+        Err(Error::Corruption {
+            kind: CorruptionKind::MissingRecords { .. },
+            ..
+        })
+    ));
+    let log = open_sim(&fs, opts());
+    assert_eq!(log.start_offset(), 0);
+    let missing = next_base - 3;
+    match log.read_from(missing, ReadLimits::default()) {
+        Err(Error::Corruption { path, kind, .. }) => {
+            assert_eq!(path, victim);
+            assert_eq!(
+                kind,
+                CorruptionKind::MissingRecords {
+                    expected_end: next_base,
+                    found_end: missing
+                }
+            );
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    // Before and after the hole everything is served.
+    let before = log.read_from(0, ReadLimits::default()).unwrap();
+    assert_eq!(before.last().unwrap().offset, missing - 1);
+    let after = log.read_from(next_base, ReadLimits::default()).unwrap();
+    assert_same(&after[0], next_base, &all[next_base as usize]);
+}

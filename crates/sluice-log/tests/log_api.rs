@@ -34,6 +34,20 @@ fn append_and_read_back_on_the_real_disk() {
     assert!(log.segment_count() > 1, "64 KiB segments must have rolled");
     let all = read_all(&log);
     assert_eq!(all.len(), 1000);
+    // One read crosses segment boundaries until a limit stops it.
+    assert_eq!(log.read_from(0, ReadLimits::default()).unwrap().len(), 1000);
+    assert_eq!(
+        log.read_from(
+            10,
+            ReadLimits {
+                records_max: 700,
+                bytes_max: 1 << 30
+            }
+        )
+        .unwrap()
+        .len(),
+        700
+    );
     for (i, (got, want)) in all.iter().zip(&written).enumerate() {
         assert_same(got, i as u64, want);
     }

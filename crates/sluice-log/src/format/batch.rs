@@ -102,6 +102,9 @@ impl BatchHeader {
             return Err(CorruptionKind::EmptyBatch);
         }
         let base_offset = r.u64()?;
+        if base_offset.checked_add(u64::from(record_count)).is_none() {
+            return Err(CorruptionKind::OffsetOverflow);
+        }
         let first_timestamp_ms = r.u64()?;
         let max_timestamp_ms = r.u64()?;
         if max_timestamp_ms < first_timestamp_ms {
@@ -525,6 +528,9 @@ mod tests {
             decode(&t).unwrap_err(),
             CorruptionKind::BadTimestamp { index: u32::MAX }
         );
+        let mut o = g.clone();
+        o[16..24].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        assert_eq!(decode(&o).unwrap_err(), CorruptionKind::OffsetOverflow);
         let mut flipped = g.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x01;

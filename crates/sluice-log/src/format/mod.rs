@@ -112,6 +112,15 @@ pub enum CorruptionKind {
     },
     /// An index file whose entries are not a valid sparse index of its segment.
     BadIndex(&'static str),
+    /// A batch whose last offset would not fit in a `u64`.
+    OffsetOverflow,
+    /// A segment whose batches end before the offset where the next segment begins.
+    MissingRecords {
+        /// Offset the next segment starts at.
+        expected_end: u64,
+        /// Offset the segment's batches end at.
+        found_end: u64,
+    },
 }
 
 impl fmt::Display for CorruptionKind {
@@ -156,6 +165,14 @@ impl fmt::Display for CorruptionKind {
                 "header base offset {found} does not match file name {expected}"
             ),
             Self::BadIndex(why) => write!(f, "inconsistent index: {why}"),
+            Self::OffsetOverflow => write!(f, "batch offsets overflow a u64"),
+            Self::MissingRecords {
+                expected_end,
+                found_end,
+            } => write!(
+                f,
+                "segment data ends at offset {found_end}, but the log continues from {expected_end}"
+            ),
         }
     }
 }
