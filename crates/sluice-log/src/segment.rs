@@ -300,8 +300,61 @@ fn check_segment_header(
 
 type Indexes = (MappedBytes, MappedBytes, u64);
 
-/// Checks a sealed segment's index files against the data's last batch. `Ok(None)` when an index
-/// file is missing.
+/// Index files that passed their checks against the segment they index.
+#[derive(Debug)]
+struct CheckedIndex {
+    offsets: Vec<OffsetEntry>,
+    times: Vec<TimeEntry>,
+    /// The header of the batch the last offset entry names: the segment's last batch.
+    last_header: BatchHeader,
+}
+
+/// Checks index file contents against their segment without reading its data: headers, whole
+/// and strictly increasing entries, and a last entry that names a batch ending the file exactly
+/// at `end_offset`. Only that batch's 40-byte header is read.
+fn check_index(
+    dir: &Path,
+    base_offset: u64,
+    (obytes, tbytes): (&[u8], &[u8]),
+    file: &dyn FileHandle,
+    len: u64,
+    end_offset: u64,
+) -> Result<CheckedIndex> {
+    let opath = file_path(dir, FileKind::OffsetIndex, base_offset);
+    let tpath = file_path(dir, FileKind::TimeIndex, base_offset);
+    let bad = |path: &Path, kind| Error::corruption(path, 0, kind);
+    decode_file_header(FileKind::OffsetIndex, base_offset, obytes).map_err(|k| bad(&opath, k))?;
+    decode_file_header(FileKind::TimeIndex, base_offset, tbytes).map_err(|k| bad(&tpath, k))?;
+    let offsets = decode_offset_entries(obytes.get(FILE_HEADER_LEN..).unwrap_or_default())
+        .map_err(|k| bad(&opath, k))?;
+    let times = decode_time_entries(tbytes.get(FILE_HEADER_LEN..).unwrap_or_default())
+        .map_err(|k| bad(&tpath, k))?;
+    let last = *offsets
+        .last()
+        .ok_or_else(|| bad(&opath, CorruptionKind::BadIndex("no entries")))?;
+    let segment = file_path(dir, FileKind::Segment, base_offset);
+    let last_header = read_header_at(file, &segment, u64::from(last.position), len)?;
+    let names_last_batch = Some(last_header.base_offset)
+        == base_offset.checked_add(u64::from(last.relative_offset))
+        && u64::from(last.position) + u64::from(last_header.batch_len) == len
+        && last_header.end_offset() == end_offset;
+    let time_ok = times.last().is_none_or(|t| {
+        t.timestamp_ms <= last_header.max_timestamp_ms && t.relative_offset <= last.relative_offset
+    });
+    if !names_last_batch || !time_ok {
+        return Err(bad(
+            &opath,
+            CorruptionKind::BadIndex("last entry does not name the segment's last batch"),
+        ));
+    }
+    Ok(CheckedIndex {
+        offsets,
+        times,
+        last_header,
+    })
+}
+
+/// Maps and checks a sealed segment's index files. `Ok(None)` when one is missing.
 fn fast_open(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -316,41 +369,9 @@ fn fast_open(
         return Ok(None);
     }
     let (omap, tmap) = map_indexes(fs, dir, base_offset)?;
-    let obytes: &[u8] = (*omap).as_ref();
-    let tbytes: &[u8] = (*tmap).as_ref();
-    let bad = |path: &Path, kind| Error::corruption(path, 0, kind);
-    decode_file_header(FileKind::OffsetIndex, base_offset, obytes).map_err(|k| bad(&opath, k))?;
-    decode_file_header(FileKind::TimeIndex, base_offset, tbytes).map_err(|k| bad(&tpath, k))?;
-    let offsets = decode_offset_entries(obytes.get(FILE_HEADER_LEN..).unwrap_or_default())
-        .map_err(|k| bad(&opath, k))?;
-    let times = decode_time_entries(tbytes.get(FILE_HEADER_LEN..).unwrap_or_default())
-        .map_err(|k| bad(&tpath, k))?;
-    let last = offsets.last().ok_or_else(|| {
-        bad(
-            &opath,
-            CorruptionKind::BadIndex("a sealed index has no entries"),
-        )
-    })?;
-    let header = read_header_at(
-        file,
-        &dir.join(FileKind::Segment.file_name(base_offset)),
-        u64::from(last.position),
-        len,
-    )?;
-    let names_last_batch = Some(header.base_offset)
-        == base_offset.checked_add(u64::from(last.relative_offset))
-        && u64::from(last.position) + u64::from(header.batch_len) == len
-        && header.end_offset() == next_base;
-    let time_ok = times.last().is_none_or(|t| {
-        t.timestamp_ms <= header.max_timestamp_ms && t.relative_offset <= last.relative_offset
-    });
-    if !names_last_batch || !time_ok {
-        return Err(bad(
-            &opath,
-            CorruptionKind::BadIndex("last entry does not name the segment's last batch"),
-        ));
-    }
-    Ok(Some((omap, tmap, header.max_timestamp_ms)))
+    let bytes = ((*omap).as_ref(), (*tmap).as_ref());
+    let checked = check_index(dir, base_offset, bytes, file, len, next_base)?;
+    Ok(Some((omap, tmap, checked.last_header.max_timestamp_ms)))
 }
 
 /// Reads and decodes the batch header at `position`, checking that the batch fits in `len`.
@@ -571,36 +592,29 @@ impl ActiveSegment {
         let (Ok(obytes), Ok(tbytes)) = (fs.read_all(&opath), fs.read_all(&tpath)) else {
             return Ok(None);
         };
-        let headers_ok = decode_file_header(FileKind::OffsetIndex, base_offset, &obytes).is_ok()
-            && decode_file_header(FileKind::TimeIndex, base_offset, &tbytes).is_ok();
-        let (Ok(offsets), Ok(times)) = (
-            decode_offset_entries(obytes.get(FILE_HEADER_LEN..).unwrap_or_default()),
-            decode_time_entries(tbytes.get(FILE_HEADER_LEN..).unwrap_or_default()),
+        let bytes = (obytes.as_slice(), tbytes.as_slice());
+        let Ok(checked) = check_index(
+            dir,
+            base_offset,
+            bytes,
+            &*active.file,
+            len,
+            marker.end_offset,
         ) else {
             return Ok(None);
         };
-        let Some(last) = offsets.last().copied() else {
-            return Ok(None);
-        };
-        if !headers_ok {
+        let header = checked.last_header;
+        if header.max_timestamp_ms != marker.active_max_timestamp_ms {
             return Ok(None);
         }
-        let Ok(header) = read_header_at(&*active.file, &active.path, u64::from(last.position), len)
-        else {
+        let Some(last) = checked.offsets.last().copied() else {
             return Ok(None);
         };
-        if Some(header.base_offset) != base_offset.checked_add(u64::from(last.relative_offset))
-            || u64::from(last.position) + u64::from(header.batch_len) != len
-            || header.end_offset() != marker.end_offset
-            || header.max_timestamp_ms != marker.active_max_timestamp_ms
-        {
-            return Ok(None);
-        }
         active.next_offset = marker.end_offset;
         active.first_timestamp_ms = Some(marker.active_first_timestamp_ms);
         active.max_timestamp_ms = marker.active_max_timestamp_ms;
-        active.index.offsets = offsets;
-        active.index.times = times;
+        active.index.offsets = checked.offsets;
+        active.index.times = checked.times;
         active.index.bytes_since_entry = len - u64::from(last.position);
         active.index.last = Some((last.relative_offset, last.position, header.max_timestamp_ms));
         Ok(Some(active))
