@@ -16,7 +16,7 @@
 //! Its presence means every file was fsynced and the indexes are complete, so open need not read
 //! the segment data. Any mismatch with the files found sends open down the crash path instead.
 
-use super::{CorruptionKind, FORMAT_VERSION, Reader};
+use super::{CorruptionKind, FORMAT_VERSION, Reader, read_preamble};
 
 /// Magic of the clean-shutdown marker.
 pub const MARKER_MAGIC: [u8; 4] = *b"SCLN";
@@ -70,21 +70,7 @@ impl CleanMarker {
             });
         }
         let mut r = Reader::new(bytes);
-        let magic = r.array::<4>()?;
-        if magic != MARKER_MAGIC {
-            return Err(CorruptionKind::BadMagic {
-                expected: MARKER_MAGIC,
-                found: magic,
-            });
-        }
-        let version = r.u16()?;
-        if version != FORMAT_VERSION {
-            return Err(CorruptionKind::UnsupportedVersion(version));
-        }
-        let flags = r.u16()?;
-        if flags != 0 {
-            return Err(CorruptionKind::UnsupportedFlags(flags));
-        }
+        read_preamble(&mut r, MARKER_MAGIC)?;
         let marker = Self {
             end_offset: r.u64()?,
             active_base_offset: r.u64()?,

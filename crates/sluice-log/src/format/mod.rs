@@ -247,11 +247,24 @@ pub fn decode_file_header(
     bytes: &[u8],
 ) -> Result<(), CorruptionKind> {
     let mut r = Reader::new(bytes);
-    let magic = r.array::<4>()?;
-    if magic != kind.magic() {
+    read_preamble(&mut r, kind.magic())?;
+    let base = r.u64()?;
+    if base != expected_base_offset {
+        return Err(CorruptionKind::BaseOffsetMismatch {
+            expected: expected_base_offset,
+            found: base,
+        });
+    }
+    Ok(())
+}
+
+/// Reads and checks the `magic [4] | version u16 | flags u16` preamble every file starts with.
+pub(crate) fn read_preamble(r: &mut Reader<'_>, magic: [u8; 4]) -> Result<(), CorruptionKind> {
+    let found = r.array::<4>()?;
+    if found != magic {
         return Err(CorruptionKind::BadMagic {
-            expected: kind.magic(),
-            found: magic,
+            expected: magic,
+            found,
         });
     }
     let version = r.u16()?;
@@ -261,13 +274,6 @@ pub fn decode_file_header(
     let flags = r.u16()?;
     if flags != 0 {
         return Err(CorruptionKind::UnsupportedFlags(flags));
-    }
-    let base = r.u64()?;
-    if base != expected_base_offset {
-        return Err(CorruptionKind::BaseOffsetMismatch {
-            expected: expected_base_offset,
-            found: base,
-        });
     }
     Ok(())
 }
