@@ -796,7 +796,7 @@ impl Cursor {
 /// Reads the directory and brings the log to a consistent state. Returns the state and the end
 /// offset (everything below it is durable once this returns).
 fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State, u64)> {
-    fs.create_dir_all(dir).at(dir)?;
+    fs.create_dir_all_durable(dir).at(dir)?;
     let mut segments: BTreeMap<u64, [bool; 3]> = BTreeMap::new();
     let mut changed_dir = false;
     for name in fs.list_dir(dir).at(dir)? {

@@ -54,6 +54,10 @@ pub trait FileSystem: Send + Sync + Debug {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileHandle>>;
     /// Removes a file.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything below it.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the subdirectories of a directory (order unspecified).
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Atomically renames a file, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.
@@ -62,6 +66,23 @@ pub trait FileSystem: Send + Sync + Debug {
     fn exists(&self, path: &Path) -> io::Result<bool>;
     /// Maps a file that will never be written, truncated or extended again, read-only.
     fn map_readonly(&self, path: &Path) -> io::Result<MappedBytes>;
+
+    /// Creates a directory and any missing parents, and makes each new entry durable by syncing
+    /// the directory that holds it.
+    fn create_dir_all_durable(&self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        for a in dir.ancestors() {
+            if a.as_os_str().is_empty() || self.exists(a)? {
+                break;
+            }
+            missing.push(a.to_path_buf());
+        }
+        self.create_dir_all(dir)?;
+        for new in &missing {
+            self.sync_dir(&parent(new))?;
+        }
+        Ok(())
+    }
 
     /// Reads a whole small file.
     fn read_all(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -11,7 +11,7 @@
 //! as if the process had died there), and injected errors on write or sync (for example
 //! `ENOSPC`, `EIO`) including short writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +55,13 @@ struct State {
     inodes: HashMap<u64, Inode>,
     live_names: BTreeMap<PathBuf, u64>,
     durable_names: BTreeMap<PathBuf, u64>,
+    /// Directories made by `create_dir_all`. A directory whose parent was never made here is a
+    /// root (it stands for a directory that existed before): it is durable as soon as it exists.
+    /// Any other directory is durable once its parent has been synced after its creation.
+    live_dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
+    /// Every directory ever made here, removed or not.
+    known_dirs: BTreeSet<PathBuf>,
     next_inode: u64,
     faults: Faults,
     sync_data_calls: u64,
@@ -103,6 +110,15 @@ impl State {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether every directory above `path` that this file system made is durable.
+    fn durably_reachable(&self, path: &Path) -> bool {
+        // A directory that exists now but was never synced into its parent is lost; one that
+        // was removed but whose removal was never synced comes back.
+        path.ancestors()
+            .skip(1)
+            .all(|a| !self.known_dirs.contains(a) || self.durable_dirs.contains(a))
     }
 
     fn inode(&mut self, ino: u64) -> io::Result<&mut Inode> {
@@ -180,6 +196,7 @@ impl SimFs {
 
     /// Replaces the bytes of a file, live and durable alike (damage done while stopped).
     pub fn set_contents(&self, path: &Path, bytes: Vec<u8>) {
+        let _ = self.create_dir_all_durable(&parent(path));
         let mut st = self.lock();
         let ino = match st.live_names.get(path) {
             Some(ino) => *ino,
@@ -213,7 +230,17 @@ impl SimFs {
             next_inode: st.next_inode,
             ..State::default()
         };
+        for dir in &st.durable_dirs {
+            if st.durably_reachable(dir) {
+                out.live_dirs.insert(dir.clone());
+                out.durable_dirs.insert(dir.clone());
+                out.known_dirs.insert(dir.clone());
+            }
+        }
         for (path, ino) in &st.durable_names {
+            if !st.durably_reachable(path) {
+                continue;
+            }
             let Some(inode) = st.inodes.get(ino) else {
                 continue;
             };
@@ -332,14 +359,56 @@ impl FileHandle for SimFile {
 }
 
 impl FileSystem for SimFs {
-    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-        // Directories are implicit: a name's parent exists as soon as the name does.
-        self.lock().alive()
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !st.live_dirs.contains(*a))
+            .map(Path::to_path_buf)
+            .collect();
+        if missing.is_empty() {
+            return st.alive();
+        }
+        st.tick()?;
+        for d in missing.into_iter().rev() {
+            let is_root = d.parent().is_none_or(|p| !st.live_dirs.contains(p));
+            if is_root {
+                st.durable_dirs.insert(d.clone());
+            }
+            st.known_dirs.insert(d.clone());
+            st.live_dirs.insert(d);
+        }
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        st.tick()?;
+        if !st.live_dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        st.live_names.retain(|p, _| !p.starts_with(dir));
+        st.live_dirs.retain(|p| !p.starts_with(dir));
+        Ok(())
+    }
+
+    fn list_subdirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = self.lock();
+        st.alive()?;
+        Ok(st
+            .live_dirs
+            .iter()
+            .filter(|d| d.parent() == Some(dir))
+            .filter_map(|d| d.file_name()?.to_str().map(str::to_owned))
+            .collect())
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let st = self.lock();
         st.alive()?;
+        if !st.live_dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
         Ok(st
             .live_names
             .keys()
@@ -355,6 +424,9 @@ impl FileSystem for SimFs {
                 st.tick()?;
                 if st.live_names.contains_key(path) {
                     return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+                }
+                if !st.live_dirs.contains(&parent(path)) {
+                    return Err(not_found(&parent(path)));
                 }
                 let ino = st.next_inode;
                 st.next_inode += 1;
@@ -402,13 +474,19 @@ impl FileSystem for SimFs {
                 st.durable_names.insert(p.clone(), *ino);
             }
         }
+        st.durable_dirs.retain(|d| d.parent() != Some(dir));
+        for d in &st.live_dirs {
+            if d.parent() == Some(dir) {
+                st.durable_dirs.insert(d.clone());
+            }
+        }
         Ok(())
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
         let st = self.lock();
         st.alive()?;
-        Ok(st.live_names.contains_key(path))
+        Ok(st.live_names.contains_key(path) || st.live_dirs.contains(path))
     }
 
     fn map_readonly(&self, path: &Path) -> io::Result<MappedBytes> {
@@ -433,6 +511,7 @@ mod tests {
     fn unsynced_data_and_names_vanish_at_a_crash() {
         let fs = SimFs::new();
         let dir = Path::new("/d");
+        fs.create_dir_all_durable(dir).unwrap();
         let a = fs.open(&dir.join("a"), OpenMode::CreateNew).unwrap();
         a.write_all_at(b"hello", 0).unwrap();
         a.sync_data().unwrap();
@@ -454,8 +533,49 @@ mod tests {
     }
 
     #[test]
+    fn a_new_directory_needs_its_parent_synced() {
+        let fs = SimFs::new();
+        fs.create_dir_all_durable(Path::new("/root")).unwrap();
+        fs.create_dir_all(Path::new("/root/a/b")).unwrap();
+        let f = fs
+            .open(Path::new("/root/a/b/f"), OpenMode::CreateNew)
+            .unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(Path::new("/root/a/b")).unwrap();
+        fs.sync_dir(Path::new("/root/a")).unwrap();
+        // `/root/a` itself was never synced into `/root`: everything below it is lost.
+        assert!(
+            fs.crash_image(CrashMode::DropUnsynced, 0)
+                .file_names()
+                .is_empty()
+        );
+        fs.sync_dir(Path::new("/root")).unwrap();
+        let img = fs.crash_image(CrashMode::DropUnsynced, 0);
+        assert_eq!(img.contents(Path::new("/root/a/b/f")).unwrap(), b"x");
+        assert_eq!(
+            img.list_subdirs(Path::new("/root")).unwrap(),
+            vec!["a".to_string()]
+        );
+        // A removal that was not synced is undone by a crash.
+        fs.remove_dir_all(Path::new("/root/a")).unwrap();
+        assert!(
+            fs.crash_image(CrashMode::DropUnsynced, 0)
+                .contents(Path::new("/root/a/b/f"))
+                .is_some()
+        );
+        fs.sync_dir(Path::new("/root")).unwrap();
+        assert!(
+            fs.crash_image(CrashMode::DropUnsynced, 0)
+                .file_names()
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn crash_after_ops_fails_everything_after() {
         let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/")).unwrap();
         let f = fs.open(Path::new("/x"), OpenMode::CreateNew).unwrap();
         fs.crash_after_ops(1);
         f.write_all_at(b"a", 0).unwrap();
@@ -467,6 +587,7 @@ mod tests {
     #[test]
     fn injected_errors() {
         let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/")).unwrap();
         let f = fs.open(Path::new("/x"), OpenMode::CreateNew).unwrap();
         fs.fail_writes(io::ErrorKind::StorageFull, true);
         let e = f.write_all_at(b"abcd", 0).unwrap_err();
