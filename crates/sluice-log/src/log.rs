@@ -12,12 +12,12 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::batch::{PreparedBatch, StoredRecord, records_of};
+use crate::format::batch::{PreparedBatch, StoredRecord, for_each_record};
 use crate::format::marker::CleanMarker;
 use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, TEMP_SUFFIX};
 use crate::io::{FileSystem, StdFs};
 use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RetentionPolicy};
-use crate::scan::{BatchScanner, SCAN_CHUNK_BYTES};
+use crate::scan::{BatchScanner, READ_CHUNK_BYTES};
 use crate::segment::{ActiveSegment, SealedSegment, write_indexes};
 
 /// A record to append: a partition key and a value.
@@ -706,7 +706,7 @@ impl Cursor {
             &self.path,
             self.position,
             self.len,
-            SCAN_CHUNK_BYTES,
+            READ_CHUNK_BYTES,
         ) {
             let b = item?;
             if b.header.base_offset != expected {
@@ -751,21 +751,27 @@ impl Cursor {
             if b.header.end_offset() <= from {
                 return Ok(ControlFlow::Continue(()));
             }
-            let records = records_of(&b.header, &b.bytes)
-                .map_err(|k| Error::corruption(&self.path, b.position, k))?;
-            for r in records {
-                if r.offset < from {
-                    continue;
+            // Only the records this read returns are built; the layout of the whole batch is
+            // still checked.
+            let mut full = false;
+            for_each_record(&b.header, &b.bytes, |r| {
+                if full || r.offset < from {
+                    return;
                 }
                 let size = r.key.len() + r.value.len();
                 if r.offset >= self.visible_end
                     || out.len() >= limits.records_max
                     || (!out.is_empty() && *bytes + size > limits.bytes_max)
                 {
-                    return Ok(ControlFlow::Break(()));
+                    full = true;
+                    return;
                 }
                 *bytes += size;
-                out.push(r);
+                out.push(StoredRecord::share(&b.bytes, &r));
+            })
+            .map_err(|k| Error::corruption(&self.path, b.position, k))?;
+            if full {
+                return Ok(ControlFlow::Break(()));
             }
             Ok(ControlFlow::Continue(()))
         })
@@ -780,13 +786,13 @@ impl Cursor {
             if b.header.end_offset() <= from || b.header.max_timestamp_ms < timestamp_ms {
                 return Ok(ControlFlow::Continue(()));
             }
-            let records = records_of(&b.header, &b.bytes)
-                .map_err(|k| Error::corruption(&self.path, b.position, k))?;
-            found = records
-                .iter()
-                .find(|r| r.timestamp_ms >= timestamp_ms)
-                .map(|r| r.offset)
-                .filter(|o| *o < self.visible_end);
+            for_each_record(&b.header, &b.bytes, |r| {
+                if found.is_none() && r.timestamp_ms >= timestamp_ms && r.offset < self.visible_end
+                {
+                    found = Some(r.offset);
+                }
+            })
+            .map_err(|k| Error::corruption(&self.path, b.position, k))?;
             Ok(ControlFlow::Break(()))
         })?;
         Ok(found)

@@ -9,8 +9,12 @@ use crate::format::CorruptionKind;
 use crate::format::batch::{BATCH_HEADER_LEN, BatchHeader, verify};
 use crate::io::FileHandle;
 
-/// Default read-ahead of a scan.
+/// Read-ahead of a scan that reads a whole segment (recovery, index rebuilds).
 pub(crate) const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// First read-ahead of a read that may want only a few records: it doubles with every refill
+/// up to [`SCAN_CHUNK_BYTES`], so a point read costs one small read plus its batch, and a long
+/// sequential read soon reads in large chunks.
+pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// One batch read from a segment: where it starts, its header, and its bytes (exactly
 /// `header.batch_len` long, CRC verified).
@@ -31,6 +35,7 @@ pub(crate) struct BatchScanner<'a> {
     position: u64,
     end: u64,
     chunk: usize,
+    chunk_max: usize,
     buf: Bytes,
     buf_start: u64,
     failed: bool,
@@ -50,6 +55,7 @@ impl<'a> BatchScanner<'a> {
             position,
             end,
             chunk: chunk.max(BATCH_HEADER_LEN),
+            chunk_max: chunk.max(SCAN_CHUNK_BYTES),
             buf: Bytes::new(),
             buf_start: position,
             failed: false,
@@ -70,6 +76,7 @@ impl<'a> BatchScanner<'a> {
             .at(self.path)?;
         self.buf = Bytes::from(v);
         self.buf_start = self.position;
+        self.chunk = self.chunk.saturating_mul(2).min(self.chunk_max);
         Ok(())
     }
 

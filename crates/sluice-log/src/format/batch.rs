@@ -229,24 +229,30 @@ pub struct StoredRecord {
     pub value: Bytes,
 }
 
+impl StoredRecord {
+    /// An owned copy of `r` that shares the buffer of `batch`, the batch `r` was decoded from
+    /// (no copy of the key or value).
+    pub fn share(batch: &Bytes, r: &RecordRef<'_>) -> Self {
+        // The slices point into `batch`; turn them into ranges of it to share the buffer.
+        let base = batch.as_ptr() as usize;
+        let key_start = r.key.as_ptr() as usize - base;
+        let value_start = r.value.as_ptr() as usize - base;
+        Self {
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: batch.slice(key_start..key_start + r.key.len()),
+            value: batch.slice(value_start..value_start + r.value.len()),
+        }
+    }
+}
+
 /// Decodes the records of a verified batch into owned records that share `batch`'s buffer.
 pub fn records_of(
     header: &BatchHeader,
     batch: &Bytes,
 ) -> Result<Vec<StoredRecord>, CorruptionKind> {
     let mut out = Vec::with_capacity(header.record_count.min(4096) as usize);
-    let base = batch.as_ptr() as usize;
-    for_each_record(header, batch, |r| {
-        // The slices point into `batch`; turn them into ranges of it to share the buffer.
-        let key_start = r.key.as_ptr() as usize - base;
-        let value_start = r.value.as_ptr() as usize - base;
-        out.push(StoredRecord {
-            offset: r.offset,
-            timestamp_ms: r.timestamp_ms,
-            key: batch.slice(key_start..key_start + r.key.len()),
-            value: batch.slice(value_start..value_start + r.value.len()),
-        });
-    })?;
+    for_each_record(header, batch, |r| out.push(StoredRecord::share(batch, &r)))?;
     Ok(out)
 }
 
