@@ -41,15 +41,6 @@ use sluice_log::{Clock, Error, Log, LogOptions, ReadLimits, Record, StoredRecord
 const DIR: &str = "/fuzz/partition";
 const MAX_FILES: usize = 16;
 
-/// When true, opening must leave a log that a power loss straight afterwards keeps whole. False
-/// while a clean open can let damage in the active segment through (see `fuzz/README.md`), so
-/// that the rest of the target keeps fuzzing past that known failure.
-const CRASH_RECOVERY_MUST_KEEP_OPENED_LOG: bool = false;
-
-/// When true, a log whose offsets reach the end of the `u64` range is checked like any other.
-/// False while appends and recovered batches there saturate instead of being refused.
-const OFFSET_SPACE_END_IS_CHECKED: bool = false;
-
 const FLAG_SMALL_SEGMENTS: u8 = 1 << 0;
 const FLAG_SMALL_INDEX_INTERVAL: u8 = 1 << 1;
 const FLAG_RESEAL_BATCHES: u8 = 1 << 2;
@@ -303,13 +294,6 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let (before, read_error) = read_all(&log);
-    if !OFFSET_SPACE_END_IS_CHECKED && log.end_offset() > u64::MAX - u64::from(u32::MAX) {
-        // Offsets saturate at `u64::MAX` instead of being refused (see `fuzz/README.md`): a batch
-        // reaching past it is accepted with records that can never be read. Near that limit only
-        // the absence of panics is checked.
-        let _ = log.append(&[Record::new("k", "v")]);
-        return;
-    }
     if let Some((base, expected)) = &expected {
         let Expected::Prefix { end, valid_len, records } = expected else {
             panic!("open accepted a lone segment whose header is damaged under a valid batch");
@@ -334,25 +318,20 @@ fuzz_target!(|data: &[u8]| {
         .max()
         .expect("an open log has an active segment");
 
-    // A clean open trusts the marker and reads no data, so damage inside the active segment can
-    // survive it. Appends then land behind the damage: reading them walks from an index entry in
-    // front of the damage and fails, and the next crash recovery cuts the segment at the damage
-    // as if it were a torn tail, acknowledged appends included (see `fuzz/README.md`). The checks
-    // on the appended record are therefore made from a state that crash recovery keeps whole,
-    // unless `CRASH_RECOVERY_MUST_KEEP_OPENED_LOG` demands that every opened log is such a state.
-    let keeps_whole = {
-        let image = fs.crash_image(CrashMode::DropUnsynced, 0);
-        Log::open_with_fs(Arc::new(image), DIR, options(&scenario))
-            .is_ok_and(|l| l.start_offset() == start && l.end_offset() == end)
-    };
-    if CRASH_RECOVERY_MUST_KEEP_OPENED_LOG {
-        assert!(keeps_whole, "a power loss right after open loses part of the opened log");
-    }
-    if keeps_whole {
-        // Crash recovery accepted every batch of the active segment, so all of it must read.
-        if let Some((offset, e)) = &read_error {
-            assert!(*offset < active_base, "reading the active segment at {offset} failed: {e}");
-        }
+    // Whatever open accepted, a power loss straight afterwards must keep: appends acknowledged
+    // from here on may only ever sit behind data that crash recovery keeps whole.
+    let image = fs.crash_image(CrashMode::DropUnsynced, 0);
+    let reopened = Log::open_with_fs(Arc::new(image), DIR, options(&scenario))
+        .unwrap_or_else(|e| panic!("a power loss right after open makes the log unopenable: {e}"));
+    assert_eq!(
+        (reopened.start_offset(), reopened.end_offset()),
+        (start, end),
+        "a power loss right after open loses part of the opened log"
+    );
+    drop(reopened);
+    // Crash recovery accepted every batch of the active segment, so all of it must read.
+    if let Some((offset, e)) = &read_error {
+        assert!(*offset < active_base, "reading the active segment at {offset} failed: {e}");
     }
 
     let key = b"fuzz-key".as_slice();
@@ -367,9 +346,6 @@ fuzz_target!(|data: &[u8]| {
     assert!(appended < u64::MAX, "append took offset u64::MAX, past the last representable end");
     let check_appended = |log: &Log, when: &str| {
         assert_eq!(log.end_offset(), appended + 1, "{when}: end offset");
-        if !keeps_whole {
-            return;
-        }
         let got = log
             .read_from(appended, ReadLimits::default())
             .unwrap_or_else(|e| panic!("{when}: reading the appended record failed: {e}"));
@@ -383,12 +359,10 @@ fuzz_target!(|data: &[u8]| {
     check_appended(&log, "after append");
 
     // An acknowledged append survives a power loss.
-    if keeps_whole {
-        let image = fs.crash_image(CrashMode::DropUnsynced, 0);
-        let crashed = Log::open_with_fs(Arc::new(image), DIR, options(&scenario))
-            .unwrap_or_else(|e| panic!("reopen after a power loss failed: {e}"));
-        check_appended(&crashed, "after a power loss");
-    }
+    let image = fs.crash_image(CrashMode::DropUnsynced, 0);
+    let crashed = Log::open_with_fs(Arc::new(image), DIR, options(&scenario))
+        .unwrap_or_else(|e| panic!("reopen after a power loss failed: {e}"));
+    check_appended(&crashed, "after a power loss");
 
     log.close().unwrap_or_else(|e| panic!("close failed: {e}"));
     let reopened = Log::open_with_fs(Arc::new(fs.clone()), DIR, options(&scenario))
@@ -403,7 +377,7 @@ fuzz_target!(|data: &[u8]| {
         before.len()
     );
     assert_eq!(&after[..before.len()], &before[..], "records changed across close and reopen");
-    if read_error.is_none() && keeps_whole {
+    if read_error.is_none() {
         assert!(after_error.is_none(), "reading failed only after reopen: {after_error:?}");
         assert_eq!(after.len() as u64, appended + 1 - start);
     }

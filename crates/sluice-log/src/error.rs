@@ -47,6 +47,12 @@ pub enum Error {
         /// What failed first.
         reason: String,
     },
+    /// The log has assigned every offset a `u64` can hold.
+    #[error("the log has no offsets left after {end}")]
+    OffsetSpaceExhausted {
+        /// The log's end offset.
+        end: u64,
+    },
     /// An append that breaks a limit or carries no records.
     #[error("invalid append: {0}")]
     InvalidAppend(String),

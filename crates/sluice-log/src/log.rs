@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::batch::{PreparedBatch, StoredRecord, for_each_record};
 use crate::format::marker::CleanMarker;
 use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, TEMP_SUFFIX};
-use crate::io::{FileSystem, StdFs};
+use crate::io::{FileSystem, OpenMode, StdFs};
 use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RetentionPolicy};
 use crate::scan::{BatchScanner, READ_CHUNK_BYTES};
 use crate::segment::{ActiveSegment, SealedSegment, write_indexes};
@@ -194,6 +194,9 @@ impl Log {
             }
             let timestamp = now.max(st.last_timestamp_ms);
             let base = st.active.next_offset;
+            if base.checked_add(u64::from(batch.record_count())).is_none() {
+                return Err(Error::OffsetSpaceExhausted { end: base });
+            }
             let (header, bytes) = batch.finish(base, timestamp);
             let a = &mut st.active;
             let position = a.len;
@@ -417,8 +420,6 @@ impl Log {
             end_offset: a.next_offset,
             active_base_offset: a.base_offset,
             active_len: a.len,
-            active_first_timestamp_ms: a.first_timestamp_ms.unwrap_or(0),
-            active_max_timestamp_ms: if a.is_empty() { 0 } else { a.max_timestamp_ms },
         };
         let path = shared.dir.join(CLEAN_MARKER_NAME);
         shared.fs.write_atomic(&path, &marker.encode()).at(&path)?;
@@ -881,32 +882,58 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
         )?;
         sealed.push(Arc::new(s));
     }
-    let previous_max = sealed.last().map(|s| s.max_timestamp_ms);
-    let clean = match &marker {
-        Some(m) if m.active_base_offset == last_base => ActiveSegment::open_clean(fs, dir, m)?,
-        _ => None,
+    let last_path = dir.join(FileKind::Segment.file_name(last_base));
+    let clean = match marker {
+        Some(m)
+            if m.active_base_offset == last_base
+                && fs
+                    .open(&last_path, OpenMode::Read)
+                    .and_then(|f| f.len())
+                    .ok()
+                    == Some(m.active_len) =>
+        {
+            Some(m)
+        }
+        Some(_) => {
+            warn!(dir = %dir.display(), "clean-shutdown marker does not match the files; scanning");
+            None
+        }
+        None => None,
     };
     let active = match clean {
-        Some(a) => a,
-        None => {
-            if marker.is_some() {
-                warn!(dir = %dir.display(), "clean-shutdown marker does not match the files; scanning");
-            }
-            ActiveSegment::recover(
+        Some(m) if m.end_offset > last_base => {
+            // A clean close left the last segment whole, fsynced and indexed. It is sealed, not
+            // appended to: its data is not read here, so it is not known to be undamaged, and
+            // appends behind unverified bytes would be lost if a later crash recovery cut the
+            // segment at that damage. Sealing costs one new file per clean restart.
+            let s = SealedSegment::open(
                 fs,
                 dir,
                 last_base,
-                previous_max,
+                m.end_offset,
                 options.recovery,
                 options.index_interval_bytes,
-            )?
+            )?;
+            sealed.push(Arc::new(s));
+            let active = ActiveSegment::create(fs, dir, m.end_offset)?;
+            active.file.sync_data().at(&active.path)?;
+            changed_dir = true;
+            active
         }
+        _ => ActiveSegment::recover(
+            fs,
+            dir,
+            last_base,
+            sealed.last().map(|s| s.max_timestamp_ms),
+            options.recovery,
+            options.index_interval_bytes,
+        )?,
     };
     if changed_dir {
         fs.sync_dir(dir).at(dir)?;
     }
     let last_timestamp_ms = if active.is_empty() {
-        previous_max.unwrap_or(0)
+        sealed.last().map_or(0, |s| s.max_timestamp_ms)
     } else {
         active.max_timestamp_ms
     };

@@ -300,18 +300,9 @@ fn check_segment_header(
 
 type Indexes = (MappedBytes, MappedBytes, u64);
 
-/// Index files that passed their checks against the segment they index.
-#[derive(Debug)]
-struct CheckedIndex {
-    offsets: Vec<OffsetEntry>,
-    times: Vec<TimeEntry>,
-    /// The header of the batch the last offset entry names: the segment's last batch.
-    last_header: BatchHeader,
-}
-
 /// Checks index file contents against their segment without reading its data: headers, whole
 /// and strictly increasing entries, and a last entry that names a batch ending the file exactly
-/// at `end_offset`. Only that batch's 40-byte header is read.
+/// at `end_offset`. Only that batch's 40-byte header is read; it is returned.
 fn check_index(
     dir: &Path,
     base_offset: u64,
@@ -319,7 +310,7 @@ fn check_index(
     file: &dyn FileHandle,
     len: u64,
     end_offset: u64,
-) -> Result<CheckedIndex> {
+) -> Result<BatchHeader> {
     let opath = file_path(dir, FileKind::OffsetIndex, base_offset);
     let tpath = file_path(dir, FileKind::TimeIndex, base_offset);
     let bad = |path: &Path, kind| Error::corruption(path, 0, kind);
@@ -347,11 +338,7 @@ fn check_index(
             CorruptionKind::BadIndex("last entry does not name the segment's last batch"),
         ));
     }
-    Ok(CheckedIndex {
-        offsets,
-        times,
-        last_header,
-    })
+    Ok(last_header)
 }
 
 /// Maps and checks a sealed segment's index files. `Ok(None)` when one is missing.
@@ -370,8 +357,8 @@ fn fast_open(
     }
     let (omap, tmap) = map_indexes(fs, dir, base_offset)?;
     let bytes = ((*omap).as_ref(), (*tmap).as_ref());
-    let checked = check_index(dir, base_offset, bytes, file, len, next_base)?;
-    Ok(Some((omap, tmap, checked.last_header.max_timestamp_ms)))
+    let last_header = check_index(dir, base_offset, bytes, file, len, next_base)?;
+    Ok(Some((omap, tmap, last_header.max_timestamp_ms)))
 }
 
 /// Reads and decodes the batch header at `position`, checking that the batch fits in `len`.
@@ -566,58 +553,6 @@ impl ActiveSegment {
 
     pub fn is_empty(&self) -> bool {
         self.next_offset == self.base_offset
-    }
-
-    /// Opens the last segment after a clean close, trusting the marker and the index files
-    /// written by that close. `Ok(None)` sends the caller down the recovery path.
-    pub fn open_clean(
-        fs: &dyn FileSystem,
-        dir: &Path,
-        marker: &crate::format::marker::CleanMarker,
-    ) -> Result<Option<Self>> {
-        let base_offset = marker.active_base_offset;
-        let path = file_path(dir, FileKind::Segment, base_offset);
-        let file = fs.open(&path, OpenMode::ReadWrite).at(&path)?;
-        let len = file.len().at(&path)?;
-        if len != marker.active_len || len < FILE_HEADER_LEN as u64 {
-            return Ok(None);
-        }
-        let mut active = Self::empty(path, file, base_offset);
-        active.len = len;
-        if len == FILE_HEADER_LEN as u64 {
-            return Ok((marker.end_offset == base_offset).then_some(active));
-        }
-        let opath = file_path(dir, FileKind::OffsetIndex, base_offset);
-        let tpath = file_path(dir, FileKind::TimeIndex, base_offset);
-        let (Ok(obytes), Ok(tbytes)) = (fs.read_all(&opath), fs.read_all(&tpath)) else {
-            return Ok(None);
-        };
-        let bytes = (obytes.as_slice(), tbytes.as_slice());
-        let Ok(checked) = check_index(
-            dir,
-            base_offset,
-            bytes,
-            &*active.file,
-            len,
-            marker.end_offset,
-        ) else {
-            return Ok(None);
-        };
-        let header = checked.last_header;
-        if header.max_timestamp_ms != marker.active_max_timestamp_ms {
-            return Ok(None);
-        }
-        let Some(last) = checked.offsets.last().copied() else {
-            return Ok(None);
-        };
-        active.next_offset = marker.end_offset;
-        active.first_timestamp_ms = Some(marker.active_first_timestamp_ms);
-        active.max_timestamp_ms = marker.active_max_timestamp_ms;
-        active.index.offsets = checked.offsets;
-        active.index.times = checked.times;
-        active.index.bytes_since_entry = len - u64::from(last.position);
-        active.index.last = Some((last.relative_offset, last.position, header.max_timestamp_ms));
-        Ok(Some(active))
     }
 
     /// Opens the last segment after a crash: scans every batch, cuts a torn or corrupt tail

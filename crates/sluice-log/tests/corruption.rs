@@ -289,3 +289,58 @@ fn a_sealed_segment_that_lost_its_end_is_reported_not_skipped() {
     let after = log.read_from(next_base, ReadLimits::default()).unwrap();
     assert_same(&after[0], next_base, &all[next_base as usize]);
 }
+
+/// Regression (fuzz target `segment_recover`): damage in the last segment of a cleanly closed log
+/// was trusted by the next open, appends landed behind it, and a crash recovery afterwards cut
+/// the segment at the damage, losing those acknowledged appends.
+#[test]
+fn damage_before_a_clean_open_never_costs_appends_acknowledged_after_it() {
+    let fs = SimFs::new();
+    let log = open_sim(&fs, LogOptions::default());
+    for b in 0..6u64 {
+        log.append(&(0..3).map(|i| record(b * 3 + i, 40)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    log.close().unwrap();
+    let seg = last_segment(&fs);
+    let mut bytes = fs.contents(&seg).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs.set_contents(&seg, bytes);
+
+    let log = open_sim(&fs, LogOptions::default());
+    let acked = log.append(&[Record::new("after", "damage")]).unwrap();
+    assert_eq!(acked, 18);
+    drop(log);
+    let img = fs.crash_image(sluice_log::io::sim::CrashMode::DropUnsynced, 0);
+    let log = open_sim(&img, LogOptions::default());
+    assert_eq!(log.end_offset(), 19);
+    let got = log.read_from(18, ReadLimits::default()).unwrap();
+    assert_eq!(got[0].value.as_ref(), b"damage");
+    // The damage itself is reported, not served.
+    let first_err = (0..18).find_map(|o| log.read_from(o, ReadLimits::default()).err());
+    assert!(first_err.is_some_and(|e| e.is_corruption()));
+}
+
+/// Regression (fuzz target `segment_recover`): at the end of the `u64` offset space appends
+/// returned the same offset again instead of failing.
+#[test]
+fn appends_stop_at_the_end_of_the_offset_space() {
+    use sluice_log::format::{FileKind, encode_file_header};
+    for (base, fits) in [(u64::MAX, 0u64), (u64::MAX - 2, 2)] {
+        let fs = SimFs::new();
+        fs.set_contents(
+            &dir().join(FileKind::Segment.file_name(base)),
+            encode_file_header(FileKind::Segment, base).to_vec(),
+        );
+        let log = open_sim(&fs, LogOptions::default());
+        for i in 0..fits {
+            assert_eq!(log.append(&[record(i, 5)]).unwrap(), base + i);
+        }
+        assert!(matches!(
+            log.append(&[record(9, 5)]),
+            Err(Error::OffsetSpaceExhausted { end: u64::MAX })
+        ));
+        assert_eq!(log.end_offset(), u64::MAX);
+    }
+}

@@ -1,16 +1,14 @@
 //! The clean-shutdown marker: written last by a clean close, removed first by the next open.
 //!
 //! ```text
-//! clean-shutdown (52 B), all integers little-endian:
+//! clean-shutdown (36 B), all integers little-endian:
 //!   0  magic               [4]  "SCLN"
 //!   4  version             u16  1
 //!   6  flags               u16  0
 //!   8  end_offset          u64  next offset the log would assign
 //!  16  active_base_offset  u64  base offset of the active (last) segment
 //!  24  active_len          u64  length in bytes of the active segment file
-//!  32  active_first_ts_ms  u64  first record timestamp of the active segment (0 if empty)
-//!  40  active_max_ts_ms    u64  newest record timestamp of the active segment (0 if empty)
-//!  48  crc32               u32  CRC-32 of bytes [0, 48)
+//!  32  crc32               u32  CRC-32 of bytes [0, 32)
 //! ```
 //!
 //! Its presence means every file was fsynced and the indexes are complete, so open need not read
@@ -21,7 +19,7 @@ use super::{CorruptionKind, FORMAT_VERSION, Reader, read_preamble};
 /// Magic of the clean-shutdown marker.
 pub const MARKER_MAGIC: [u8; 4] = *b"SCLN";
 /// Encoded size of the marker.
-pub const MARKER_LEN: usize = 52;
+pub const MARKER_LEN: usize = 36;
 
 /// What a clean close knew about the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +30,6 @@ pub struct CleanMarker {
     pub active_base_offset: u64,
     /// Length of the active segment file.
     pub active_len: u64,
-    /// First record timestamp of the active segment, 0 if it is empty.
-    pub active_first_timestamp_ms: u64,
-    /// Newest record timestamp of the active segment, 0 if it is empty.
-    pub active_max_timestamp_ms: u64,
 }
 
 impl CleanMarker {
@@ -45,13 +39,7 @@ impl CleanMarker {
         out.extend_from_slice(&MARKER_MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
-        for v in [
-            self.end_offset,
-            self.active_base_offset,
-            self.active_len,
-            self.active_first_timestamp_ms,
-            self.active_max_timestamp_ms,
-        ] {
+        for v in [self.end_offset, self.active_base_offset, self.active_len] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let crc = crc32fast::hash(&out);
@@ -75,8 +63,6 @@ impl CleanMarker {
             end_offset: r.u64()?,
             active_base_offset: r.u64()?,
             active_len: r.u64()?,
-            active_first_timestamp_ms: r.u64()?,
-            active_max_timestamp_ms: r.u64()?,
         };
         let covered = r.position();
         let expected = r.u32()?;
@@ -99,8 +85,6 @@ mod tests {
             end_offset: 10,
             active_base_offset: 4,
             active_len: 400,
-            active_first_timestamp_ms: 5,
-            active_max_timestamp_ms: 6,
         };
         let bytes = m.encode();
         assert_eq!(&bytes[..8], b"SCLN\x01\x00\x00\x00");
@@ -112,8 +96,8 @@ mod tests {
             Err(CorruptionKind::ChecksumMismatch { .. })
         ));
         assert!(matches!(
-            CleanMarker::decode(&bytes[..51]),
-            Err(CorruptionKind::Truncated { need: 52, have: 51 })
+            CleanMarker::decode(&bytes[..35]),
+            Err(CorruptionKind::Truncated { need: 36, have: 35 })
         ));
     }
 }
