@@ -156,12 +156,12 @@ impl LogOptions {
                 "index_interval_bytes must be positive".into(),
             ));
         }
-        if let FsyncPolicy::Interval(d) = self.fsync {
-            if d.is_zero() {
-                return Err(Error::InvalidOptions(
-                    "the fsync interval must be positive".into(),
-                ));
-            }
+        if let FsyncPolicy::Interval(d) = self.fsync
+            && d.is_zero()
+        {
+            return Err(Error::InvalidOptions(
+                "the fsync interval must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -66,7 +66,7 @@ impl TimeEntry {
 /// Decodes all offset entries of an index file body (the bytes after the file header), checking
 /// that it is a whole number of entries with strictly increasing offsets and positions.
 pub fn decode_offset_entries(body: &[u8]) -> Result<Vec<OffsetEntry>, CorruptionKind> {
-    if body.len() % OFFSET_ENTRY_LEN != 0 {
+    if !body.len().is_multiple_of(OFFSET_ENTRY_LEN) {
         return Err(CorruptionKind::BadIndex(
             "length is not a whole number of entries",
         ));
@@ -86,7 +86,7 @@ pub fn decode_offset_entries(body: &[u8]) -> Result<Vec<OffsetEntry>, Corruption
 
 /// Decodes all time entries of a time index file body, with the same checks.
 pub fn decode_time_entries(body: &[u8]) -> Result<Vec<TimeEntry>, CorruptionKind> {
-    if body.len() % TIME_ENTRY_LEN != 0 {
+    if !body.len().is_multiple_of(TIME_ENTRY_LEN) {
         return Err(CorruptionKind::BadIndex(
             "length is not a whole number of entries",
         ));
@@ -98,10 +98,10 @@ pub fn decode_time_entries(body: &[u8]) -> Result<Vec<TimeEntry>, CorruptionKind
             timestamp_ms: r.u64()?,
             relative_offset: r.u32()?,
         };
-        if let Some(prev) = out.last() {
-            if e.timestamp_ms <= prev.timestamp_ms || e.relative_offset <= prev.relative_offset {
-                return Err(CorruptionKind::BadIndex("time entries out of order"));
-            }
+        if let Some(prev) = out.last()
+            && (e.timestamp_ms <= prev.timestamp_ms || e.relative_offset <= prev.relative_offset)
+        {
+            return Err(CorruptionKind::BadIndex("time entries out of order"));
         }
         out.push(e);
     }

@@ -1,0 +1,1105 @@
+//! The broker: streams of partitions over `sluice-log`, with routing, resharding, retention and
+//! consumer checkpoints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_log::io::{FileSystem, StdFs};
+use sluice_log::{Log, LogOptions, ReadLimits, Record, RetentionPolicy, StoredRecord};
+use tracing::{info, warn};
+
+use crate::catalog::{CATALOG_FILE, CATALOG_MAGIC, Catalog, PartitionMeta, StreamMeta};
+use crate::error::{Error, IoContext, Result};
+use crate::lock::DirLock;
+use crate::routing::{self, HashRange, RoutingTable};
+use crate::{meta, name};
+
+const STREAMS_DIR: &str = "streams";
+const CHECKPOINTS_DIR: &str = "checkpoints";
+const CHECKPOINT_MAGIC: [u8; 4] = *b"SCKP";
+/// Longest partition key, in bytes (Kinesis allows 256 characters).
+pub const PARTITION_KEY_BYTES_MAX: usize = 256;
+/// How often a put re-routes records whose partition was closed by a concurrent reshard.
+const REROUTES_MAX: usize = 16;
+
+/// A consumer group's committed offsets by (stream uid, partition). Keyed by uid, not name, so a
+/// stream deleted and created again starts with no checkpoints.
+type GroupCheckpoints = BTreeMap<(u64, u32), u64>;
+
+/// Settings of a new stream. `Default` gives Kinesis's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Number of partitions, splitting the hash-key space evenly. Default: 1.
+    pub partitions: u32,
+    /// How long records are kept. Default: 24 hours.
+    pub retention: Duration,
+    /// Optional cap on each partition's size; the oldest segments go first. Default: none.
+    pub partition_bytes_max: Option<u64>,
+    /// Largest record, key and value together. Default: 1 MiB.
+    pub record_bytes_max: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            retention: Duration::from_secs(24 * 3600),
+            partition_bytes_max: None,
+            record_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// Options of a broker. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Options every partition's log is opened with (fsync policy, segment size, ...).
+    /// Default: `LogOptions::default()`, so `fsync=always`.
+    pub log: LogOptions,
+    /// Most records in one put. Default: 500 (Kinesis's `PutRecords` limit).
+    pub put_records_max: usize,
+    /// Most key and value bytes in one put. Default: 5 MiB (Kinesis's `PutRecords` limit).
+    pub put_bytes_max: usize,
+    /// Most partitions a stream may have, open and closed. Default: 1024.
+    pub partitions_max: usize,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            log: LogOptions::default(),
+            put_records_max: 500,
+            put_bytes_max: 5 << 20,
+            partitions_max: 1024,
+        }
+    }
+}
+
+/// One record of a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRecord {
+    /// Partition key, 1 to 256 bytes. Routes the record unless `explicit_hash_key` is set.
+    pub partition_key: Bytes,
+    /// A hash key that overrides the MD5 of the partition key (parse one from its decimal form
+    /// with [`routing::parse_hash_key`]).
+    pub explicit_hash_key: Option<u128>,
+    /// The value.
+    pub value: Bytes,
+}
+
+impl PutRecord {
+    /// A record routed by its partition key.
+    pub fn new(partition_key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        Self {
+            partition_key: partition_key.into(),
+            explicit_hash_key: None,
+            value: value.into(),
+        }
+    }
+}
+
+/// Where a put record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutAck {
+    /// The partition.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+}
+
+/// Whether a partition takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Takes writes for its hash range.
+    Open,
+    /// Closed by a split or merge: readable to its end, never written again.
+    Closed,
+}
+
+/// A partition as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// Partition id.
+    pub id: u32,
+    /// Open or closed.
+    pub state: PartitionState,
+    /// Its hash keys.
+    pub range: HashRange,
+    /// Ids of the partitions it came from.
+    pub parents: Vec<u32>,
+    /// First offset still held.
+    pub start_offset: u64,
+    /// Next offset to be written (for a closed partition, where it ended).
+    pub end_offset: u64,
+}
+
+/// A stream as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDescription {
+    /// Name.
+    pub name: String,
+    /// Retention, ms.
+    pub retention_ms: u64,
+    /// Size cap per partition, if any.
+    pub partition_bytes_max: Option<u64>,
+    /// Record size limit.
+    pub record_bytes_max: u64,
+    /// Partitions by id.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// What [`Broker::enforce_retention`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionReport {
+    /// Segments deleted across all partitions.
+    pub segments_deleted: usize,
+    /// Bytes deleted.
+    pub bytes_deleted: u64,
+    /// Closed partitions whose data had all expired, removed from the catalog.
+    pub partitions_removed: usize,
+}
+
+#[derive(Debug)]
+struct Partition {
+    log: Log,
+    /// True once closed by a reshard. Appends hold the read side, so closing (the write side)
+    /// waits for appends in flight and no append lands after the end offset is recorded.
+    closed: RwLock<bool>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    name: String,
+    meta: StreamMeta,
+    dir: PathBuf,
+    routing: RoutingTable,
+    partitions: BTreeMap<u32, Arc<Partition>>,
+}
+
+/// An immutable view of the catalog and the open logs. Operations take a snapshot and work on it
+/// without holding a lock; catalog changes build a new snapshot and swap it in.
+#[derive(Debug, Default)]
+struct State {
+    catalog: Catalog,
+    streams: BTreeMap<String, Arc<Stream>>,
+}
+
+impl State {
+    fn stream(&self, name: &str) -> Result<&Arc<Stream>> {
+        self.streams
+            .get(name)
+            .ok_or_else(|| Error::StreamNotFound(name.to_owned()))
+    }
+}
+
+impl Stream {
+    fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(&id)
+            .ok_or_else(|| Error::PartitionNotFound {
+                stream: self.name.clone(),
+                partition: id,
+            })
+    }
+
+    fn end_offset(&self, id: u32, p: &Partition) -> u64 {
+        match self.meta.partitions.get(&id).and_then(|m| m.closed_end) {
+            Some(end) => end,
+            None => p.log.end_offset(),
+        }
+    }
+}
+
+/// The partition manager of one data directory. Synchronous and thread-safe; share it with an
+/// `Arc`. Partitions are opened eagerly when the broker opens.
+///
+/// ```
+/// # fn main() -> Result<(), sluice_broker::Error> {
+/// use sluice_broker::{Broker, BrokerOptions, PutRecord, StreamConfig};
+/// let dir = tempfile::tempdir().unwrap();
+/// let broker = Broker::open(dir.path(), BrokerOptions::default())?;
+/// broker.create_stream("orders", StreamConfig { partitions: 4, ..StreamConfig::default() })?;
+/// let acks = broker.put("orders", &[PutRecord::new("customer-7", "{\"total\": 12}")])?;
+/// let records = broker.read("orders", acks[0].partition, acks[0].offset, Default::default())?;
+/// assert_eq!(records[0].value.as_ref(), b"{\"total\": 12}");
+/// broker.close()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Broker {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    options: BrokerOptions,
+    state: RwLock<Arc<State>>,
+    /// Serialises catalog changes (create, delete, reshard, retention removals).
+    admin: Mutex<()>,
+    /// Consumer checkpoints by group, loaded on first use.
+    checkpoints: Mutex<BTreeMap<String, GroupCheckpoints>>,
+    _lock: Option<DirLock>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is replaced wholesale or not at all, so a panic elsewhere cannot leave
+    // it half-changed.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Broker {
+    /// Opens the broker on a data directory (created if missing), taking its lock: a second
+    /// broker on the same directory, in this process or another, gets [`Error::Locked`].
+    pub fn open(data_dir: impl AsRef<Path>, options: BrokerOptions) -> Result<Self> {
+        let dir = data_dir.as_ref().to_path_buf();
+        StdFs.create_dir_all_durable(&dir).at(&dir)?;
+        let lock = DirLock::acquire(&dir)?;
+        Self::open_inner(Arc::new(StdFs), dir, options, Some(lock))
+    }
+
+    /// Opens the broker through a given file system, without the directory lock (which needs
+    /// the real file system). For tests on the simulated file system.
+    pub fn open_with_fs(
+        fs: Arc<dyn FileSystem>,
+        data_dir: impl AsRef<Path>,
+        options: BrokerOptions,
+    ) -> Result<Self> {
+        Self::open_inner(fs, data_dir.as_ref().to_path_buf(), options, None)
+    }
+
+    fn open_inner(
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
+        options: BrokerOptions,
+        lock: Option<DirLock>,
+    ) -> Result<Self> {
+        fs.create_dir_all_durable(&dir).at(&dir)?;
+        let streams_dir = dir.join(STREAMS_DIR);
+        let catalog_path = dir.join(CATALOG_FILE);
+        let catalog = match meta::load::<Catalog>(&*fs, CATALOG_MAGIC, &catalog_path)? {
+            Some(c) => {
+                c.validate(&catalog_path)?;
+                c
+            }
+            None => {
+                // No catalog is only normal for a new directory: with streams on disk it means
+                // the catalog was lost, and starting empty would hide every stream.
+                let has_streams = fs.exists(&streams_dir).at(&streams_dir)?
+                    && !fs.list_subdirs(&streams_dir).at(&streams_dir)?.is_empty();
+                if has_streams {
+                    return Err(Error::CorruptMetadata {
+                        path: catalog_path,
+                        reason: format!("missing, but {} holds stream data", streams_dir.display()),
+                    });
+                }
+                Catalog::default()
+            }
+        };
+        fs.create_dir_all_durable(&streams_dir).at(&streams_dir)?;
+        fs.create_dir_all_durable(&dir.join(CHECKPOINTS_DIR))
+            .at(&dir)?;
+
+        // Directories the catalog does not name were being created or deleted when the broker
+        // stopped; the catalog is the truth, so they go.
+        let wanted: Vec<String> = catalog
+            .streams
+            .iter()
+            .map(|(name, s)| s.dir_name(name))
+            .collect();
+        remove_orphans(&*fs, &streams_dir, |d| wanted.iter().any(|w| w == d))?;
+
+        let mut streams = BTreeMap::new();
+        for (name, meta) in &catalog.streams {
+            let sdir = streams_dir.join(meta.dir_name(name));
+            fs.create_dir_all_durable(&sdir).at(&sdir)?;
+            remove_orphans(&*fs, &sdir, |d| {
+                d.parse::<u32>()
+                    .is_ok_and(|id| meta.partitions.contains_key(&id) && d == id.to_string())
+            })?;
+            let mut partitions = BTreeMap::new();
+            for (id, pmeta) in &meta.partitions {
+                let log = Log::open_with_fs(
+                    Arc::clone(&fs),
+                    sdir.join(id.to_string()),
+                    options.log.clone(),
+                )?;
+                if let Some(end) = pmeta.closed_end
+                    && log.end_offset() != end
+                {
+                    warn!(stream = %name, partition = id, log_end = log.end_offset(), catalog_end = end,
+                            "closed partition's log does not end where the catalog says");
+                }
+                partitions.insert(
+                    *id,
+                    Arc::new(Partition {
+                        log,
+                        closed: RwLock::new(pmeta.closed_end.is_some()),
+                    }),
+                );
+            }
+            let routing = meta.routing().ok_or_else(|| Error::CorruptMetadata {
+                path: catalog_path.clone(),
+                reason: format!("stream {name:?} has no routing"),
+            })?;
+            streams.insert(
+                name.clone(),
+                Arc::new(Stream {
+                    name: name.clone(),
+                    meta: meta.clone(),
+                    dir: sdir,
+                    routing,
+                    partitions,
+                }),
+            );
+        }
+        info!(dir = %dir.display(), streams = streams.len(), "broker open");
+        Ok(Self {
+            dir,
+            fs,
+            options,
+            state: RwLock::new(Arc::new(State { catalog, streams })),
+            admin: Mutex::new(()),
+            checkpoints: Mutex::new(BTreeMap::new()),
+            _lock: lock,
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options the broker was opened with.
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
+    }
+
+    fn snapshot(&self) -> Arc<State> {
+        Arc::clone(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn install(&self, state: State) {
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+    }
+
+    fn store_catalog(&self, catalog: &Catalog) -> Result<()> {
+        meta::store(
+            &*self.fs,
+            CATALOG_MAGIC,
+            &self.dir.join(CATALOG_FILE),
+            catalog,
+        )
+    }
+
+    fn stream_dir(&self, name: &str, meta: &StreamMeta) -> PathBuf {
+        self.dir.join(STREAMS_DIR).join(meta.dir_name(name))
+    }
+
+    fn open_partition(&self, stream_dir: &Path, id: u32) -> Result<Arc<Partition>> {
+        let log = Log::open_with_fs(
+            Arc::clone(&self.fs),
+            stream_dir.join(id.to_string()),
+            self.options.log.clone(),
+        )?;
+        Ok(Arc::new(Partition {
+            log,
+            closed: RwLock::new(false),
+        }))
+    }
+
+    /// Creates a stream.
+    pub fn create_stream(&self, name: &str, config: StreamConfig) -> Result<StreamDescription> {
+        name::validate(name)?;
+        let partitions_max = u32::try_from(self.options.partitions_max).unwrap_or(u32::MAX);
+        if config.partitions == 0 || config.partitions > partitions_max {
+            return Err(Error::InvalidConfig(format!(
+                "partitions must be 1 to {partitions_max}, got {}",
+                config.partitions
+            )));
+        }
+        if config.retention.is_zero() {
+            return Err(Error::InvalidConfig("retention must be positive".into()));
+        }
+        if config.record_bytes_max == 0
+            || config.record_bytes_max > u64::from(sluice_log::format::batch::BATCH_BYTES_MAX) / 2
+        {
+            return Err(Error::InvalidConfig(format!(
+                "record_bytes_max must be 1 to {}, got {}",
+                sluice_log::format::batch::BATCH_BYTES_MAX / 2,
+                config.record_bytes_max
+            )));
+        }
+        let _admin = lock(&self.admin);
+        let old = self.snapshot();
+        if old.streams.contains_key(name) {
+            return Err(Error::StreamExists(name.to_owned()));
+        }
+        let mut catalog = old.catalog.clone();
+        let meta = StreamMeta {
+            uid: catalog.next_stream_uid,
+            created_ms: sluice_log::Clock::now_ms(&sluice_log::SystemClock),
+            retention_ms: duration_ms(config.retention),
+            partition_bytes_max: config.partition_bytes_max,
+            record_bytes_max: config.record_bytes_max,
+            next_partition_id: config.partitions,
+            partitions: routing::uniform(config.partitions)
+                .into_iter()
+                .zip(0..)
+                .map(|(range, id)| {
+                    (
+                        id,
+                        PartitionMeta {
+                            range,
+                            parents: Vec::new(),
+                            closed_end: None,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        catalog.next_stream_uid += 1;
+        catalog.streams.insert(name.to_owned(), meta.clone());
+        // The partition logs exist before the catalog names them; if the catalog write fails or
+        // the process dies first, the next open removes them as orphans.
+        let sdir = self.stream_dir(name, &meta);
+        let opened: Result<BTreeMap<u32, Arc<Partition>>> = meta
+            .partitions
+            .keys()
+            .map(|id| Ok((*id, self.open_partition(&sdir, *id)?)))
+            .collect();
+        let partitions = match opened.and_then(|p| self.store_catalog(&catalog).map(|()| p)) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.fs.remove_dir_all(&sdir);
+                return Err(e);
+            }
+        };
+        let routing = meta
+            .routing()
+            .ok_or_else(|| Error::InvalidConfig("no routing".into()))?;
+        let mut streams = old.streams.clone();
+        let stream = Arc::new(Stream {
+            name: name.to_owned(),
+            meta,
+            dir: sdir,
+            routing,
+            partitions,
+        });
+        streams.insert(name.to_owned(), Arc::clone(&stream));
+        self.install(State { catalog, streams });
+        info!(
+            stream = name,
+            partitions = config.partitions,
+            "stream created"
+        );
+        Ok(describe(name, &stream))
+    }
+
+    /// Deletes a stream and all its data.
+    pub fn delete_stream(&self, name: &str) -> Result<()> {
+        let _admin = lock(&self.admin);
+        let old = self.snapshot();
+        let stream = Arc::clone(old.stream(name)?);
+        let mut catalog = old.catalog.clone();
+        catalog.streams.remove(name);
+        self.store_catalog(&catalog)?;
+        let mut streams = old.streams.clone();
+        streams.remove(name);
+        self.install(State { catalog, streams });
+        // The catalog no longer names the directory; if removing it fails now, the next open
+        // removes it as an orphan.
+        let parent = self.dir.join(STREAMS_DIR);
+        if let Err(e) = self
+            .fs
+            .remove_dir_all(&stream.dir)
+            .and_then(|()| self.fs.sync_dir(&parent))
+        {
+            warn!(dir = %stream.dir.display(), error = %e, "could not remove a deleted stream's files yet");
+        }
+        info!(stream = name, "stream deleted");
+        Ok(())
+    }
+
+    /// Names of all streams, sorted.
+    pub fn list_streams(&self) -> Vec<String> {
+        self.snapshot().streams.keys().cloned().collect()
+    }
+
+    /// A stream's settings and partitions.
+    pub fn describe_stream(&self, name: &str) -> Result<StreamDescription> {
+        let snap = self.snapshot();
+        Ok(describe(name, snap.stream(name)?))
+    }
+
+    /// Changes a stream's retention; the next [`Broker::enforce_retention`] applies it.
+    pub fn set_retention(&self, name: &str, retention: Duration) -> Result<()> {
+        if retention.is_zero() {
+            return Err(Error::InvalidConfig("retention must be positive".into()));
+        }
+        self.update_stream(name, |meta| {
+            meta.retention_ms = duration_ms(retention);
+            Ok(())
+        })
+    }
+
+    /// Changes a catalog entry of a stream whose partitions stay as they are.
+    fn update_stream(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut StreamMeta) -> Result<()>,
+    ) -> Result<()> {
+        let _admin = lock(&self.admin);
+        let old = self.snapshot();
+        let stream = old.stream(name)?;
+        let mut meta = stream.meta.clone();
+        change(&mut meta)?;
+        let mut catalog = old.catalog.clone();
+        catalog.streams.insert(name.to_owned(), meta.clone());
+        self.store_catalog(&catalog)?;
+        let mut streams = old.streams.clone();
+        streams.insert(
+            name.to_owned(),
+            Arc::new(Stream {
+                name: name.to_owned(),
+                meta,
+                dir: stream.dir.clone(),
+                routing: stream.routing.clone(),
+                partitions: stream.partitions.clone(),
+            }),
+        );
+        self.install(State { catalog, streams });
+        Ok(())
+    }
+
+    /// Appends records to a stream. Each record goes to the open partition whose hash range
+    /// holds its hash key; the answer gives each record's partition and offset, in input order.
+    /// The whole request is checked before anything is written. Records for different
+    /// partitions are appended in parallel; records for one partition keep their input order.
+    ///
+    /// If a partition fails to append (an I/O error, a poisoned log), the error is returned and
+    /// records bound for other partitions may have been written: a retried put can store those
+    /// twice (at-least-once, as with Kinesis's partial `PutRecords` failures).
+    pub fn put(&self, stream: &str, records: &[PutRecord]) -> Result<Vec<PutAck>> {
+        let snap = self.snapshot();
+        let s = snap.stream(stream)?;
+        let hash_keys = self.validate_put(s, records)?;
+        let mut acks: Vec<Option<PutAck>> = vec![None; records.len()];
+        let mut pending: Vec<usize> = (0..records.len()).collect();
+        let mut snap = snap;
+        for _ in 0..REROUTES_MAX {
+            let s = snap.stream(stream)?;
+            let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for i in pending.drain(..) {
+                let key = hash_keys.get(i).copied().unwrap_or(0);
+                groups.entry(s.routing.route(key)).or_default().push(i);
+            }
+            let results = append_groups(s, records, &groups)?;
+            for ((id, indices), first) in groups.iter().zip(results) {
+                match first {
+                    Some(first) => {
+                        for (n, i) in indices.iter().enumerate() {
+                            if let Some(slot) = acks.get_mut(*i) {
+                                *slot = Some(PutAck {
+                                    partition: *id,
+                                    offset: first + n as u64,
+                                });
+                            }
+                        }
+                    }
+                    // Closed by a reshard after this snapshot: route again with a newer one.
+                    None => pending.extend(indices),
+                }
+            }
+            if pending.is_empty() {
+                return Ok(acks.into_iter().flatten().collect());
+            }
+            snap = self.snapshot();
+        }
+        Err(Error::PartitionClosed {
+            stream: stream.to_owned(),
+            partition: u32::MAX,
+        })
+    }
+
+    fn validate_put(&self, s: &Stream, records: &[PutRecord]) -> Result<Vec<u128>> {
+        if records.is_empty() {
+            return Err(Error::EmptyPut);
+        }
+        if records.len() > self.options.put_records_max {
+            return Err(Error::TooManyRecords {
+                count: records.len(),
+                max: self.options.put_records_max,
+            });
+        }
+        let mut total = 0usize;
+        let mut keys = Vec::with_capacity(records.len());
+        let record_max = usize::try_from(s.meta.record_bytes_max).unwrap_or(usize::MAX);
+        for (index, r) in records.iter().enumerate() {
+            let klen = r.partition_key.len();
+            if klen == 0 || klen > PARTITION_KEY_BYTES_MAX {
+                return Err(Error::InvalidPartitionKey { index, len: klen });
+            }
+            let bytes = klen + r.value.len();
+            if bytes > record_max {
+                return Err(Error::RecordTooLarge {
+                    index,
+                    bytes,
+                    max: record_max,
+                });
+            }
+            total += bytes;
+            keys.push(
+                r.explicit_hash_key
+                    .unwrap_or_else(|| routing::hash_key(&r.partition_key)),
+            );
+        }
+        if total > self.options.put_bytes_max {
+            return Err(Error::PutTooLarge {
+                bytes: total,
+                max: self.options.put_bytes_max,
+            });
+        }
+        Ok(keys)
+    }
+
+    /// Reads records of one partition from `offset`, up to the limits. A closed partition reads
+    /// to its end; reading at the end returns nothing.
+    pub fn read(
+        &self,
+        stream: &str,
+        partition: u32,
+        offset: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<StoredRecord>> {
+        let snap = self.snapshot();
+        let p = snap.stream(stream)?.partition(partition)?;
+        Ok(p.log.read_from(offset, limits)?)
+    }
+
+    /// First offset at or after `timestamp_ms` in a partition, `None` if every record is older.
+    pub fn offset_for_timestamp(
+        &self,
+        stream: &str,
+        partition: u32,
+        timestamp_ms: u64,
+    ) -> Result<Option<u64>> {
+        let snap = self.snapshot();
+        let p = snap.stream(stream)?.partition(partition)?;
+        Ok(p.log.offset_for_timestamp(timestamp_ms)?)
+    }
+
+    /// Splits an open partition: keys below `at` go to the first child, the rest to the second.
+    /// Without `at`, the middle of the range. Returns the children's ids. The parent is closed:
+    /// readable to its end, never written again.
+    pub fn split(&self, stream: &str, partition: u32, at: Option<u128>) -> Result<[u32; 2]> {
+        let _admin = lock(&self.admin);
+        let old = self.snapshot();
+        let s = old.stream(stream)?;
+        let pmeta = s
+            .meta
+            .partitions
+            .get(&partition)
+            .ok_or_else(|| Error::PartitionNotFound {
+                stream: stream.to_owned(),
+                partition,
+            })?;
+        if pmeta.closed_end.is_some() {
+            return Err(Error::PartitionClosed {
+                stream: stream.to_owned(),
+                partition,
+            });
+        }
+        let range = pmeta.range;
+        let invalid = |hash_key| Error::InvalidSplitKey {
+            partition,
+            hash_key,
+            start: range.start,
+            end: range.end,
+        };
+        let at = at
+            .or_else(|| range.middle())
+            .ok_or_else(|| invalid(range.start))?;
+        let (lo, hi) = range.split_at(at).ok_or_else(|| invalid(at))?;
+        let first = s.meta.next_partition_id;
+        let children = [(first, lo), (first + 1, hi)];
+        self.reshard(&old, stream, &[partition], &children)?;
+        info!(stream, partition, children = ?[first, first + 1], "partition split");
+        Ok([first, first + 1])
+    }
+
+    /// Merges two open partitions whose ranges are adjacent into a new one; returns its id. Both
+    /// parents are closed.
+    pub fn merge(&self, stream: &str, a: u32, b: u32) -> Result<u32> {
+        let _admin = lock(&self.admin);
+        let old = self.snapshot();
+        let s = old.stream(stream)?;
+        let meta_of = |id: u32| {
+            s.meta
+                .partitions
+                .get(&id)
+                .ok_or_else(|| Error::PartitionNotFound {
+                    stream: stream.to_owned(),
+                    partition: id,
+                })
+        };
+        let (ma, mb) = (meta_of(a)?, meta_of(b)?);
+        for (id, m) in [(a, ma), (b, mb)] {
+            if m.closed_end.is_some() {
+                return Err(Error::PartitionClosed {
+                    stream: stream.to_owned(),
+                    partition: id,
+                });
+            }
+        }
+        let merged = (a != b)
+            .then(|| ma.range.merge(&mb.range))
+            .flatten()
+            .ok_or(Error::NotAdjacent { a, b })?;
+        let child = s.meta.next_partition_id;
+        self.reshard(&old, stream, &[a, b], &[(child, merged)])?;
+        info!(stream, parents = ?[a, b], child, "partitions merged");
+        Ok(child)
+    }
+
+    /// Closes `parents` and opens `children` in one catalog change. Called with the admin lock.
+    fn reshard(
+        &self,
+        old: &State,
+        stream: &str,
+        parents: &[u32],
+        children: &[(u32, HashRange)],
+    ) -> Result<()> {
+        let s = old.stream(stream)?;
+        let total = s.meta.partitions.len() + children.len();
+        if total > self.options.partitions_max {
+            return Err(Error::TooManyPartitions {
+                stream: stream.to_owned(),
+                max: self.options.partitions_max,
+            });
+        }
+        // Close the gates in id order (no two reshards run at once, but puts hold read sides).
+        let mut sorted = parents.to_vec();
+        sorted.sort_unstable();
+        let mut gates = Vec::new();
+        let mut meta = s.meta.clone();
+        for id in &sorted {
+            let p = s.partition(*id)?;
+            let gate = p.closed.write().unwrap_or_else(PoisonError::into_inner);
+            // No append is in flight now. Make the end durable before the catalog records it.
+            p.log.sync()?;
+            if let Some(m) = meta.partitions.get_mut(id) {
+                m.closed_end = Some(p.log.end_offset());
+            }
+            gates.push(gate);
+        }
+        let mut partitions = s.partitions.clone();
+        let mut created = Vec::new();
+        let result = (|| {
+            for (id, range) in children {
+                let p = self.open_partition(&s.dir, *id)?;
+                created.push(*id);
+                partitions.insert(*id, p);
+                meta.partitions.insert(
+                    *id,
+                    PartitionMeta {
+                        range: *range,
+                        parents: parents.to_vec(),
+                        closed_end: None,
+                    },
+                );
+            }
+            meta.next_partition_id += children.len() as u32;
+            let mut catalog = old.catalog.clone();
+            catalog.streams.insert(stream.to_owned(), meta.clone());
+            self.store_catalog(&catalog)?;
+            Ok(catalog)
+        })();
+        let catalog = match result {
+            Ok(c) => c,
+            Err(e) => {
+                for id in created {
+                    let _ = self.fs.remove_dir_all(&s.dir.join(id.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        for mut gate in gates {
+            *gate = true;
+        }
+        let routing = meta.routing().ok_or_else(|| Error::CorruptMetadata {
+            path: self.dir.join(CATALOG_FILE),
+            reason: "a reshard broke the tiling".into(),
+        })?;
+        let mut streams = old.streams.clone();
+        streams.insert(
+            stream.to_owned(),
+            Arc::new(Stream {
+                name: stream.to_owned(),
+                meta,
+                dir: s.dir.clone(),
+                routing,
+                partitions,
+            }),
+        );
+        self.install(State { catalog, streams });
+        Ok(())
+    }
+
+    /// Deletes expired data across all streams, each by its own retention and size cap, as of
+    /// `now_ms`. A closed partition whose data has all expired is removed from the catalog.
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport> {
+        let snap = self.snapshot();
+        let mut report = RetentionReport::default();
+        let mut drained: Vec<(String, u32)> = Vec::new();
+        for (name, s) in &snap.streams {
+            let policy = RetentionPolicy {
+                max_age: Some(Duration::from_millis(s.meta.retention_ms)),
+                max_bytes: s.meta.partition_bytes_max,
+            };
+            for (id, p) in &s.partitions {
+                let closed = s
+                    .meta
+                    .partitions
+                    .get(id)
+                    .is_some_and(|m| m.closed_end.is_some());
+                let out = p.log.enforce_retention(policy, now_ms)?;
+                report.segments_deleted += out.segments_deleted;
+                report.bytes_deleted += out.bytes_deleted;
+                if closed && out.start_offset == s.end_offset(*id, p) {
+                    drained.push((name.clone(), *id));
+                }
+            }
+        }
+        if !drained.is_empty() {
+            report.partitions_removed = self.remove_drained(&drained)?;
+        }
+        Ok(report)
+    }
+
+    fn remove_drained(&self, drained: &[(String, u32)]) -> Result<usize> {
+        let _admin = lock(&self.admin);
+        let old = self.snapshot();
+        let mut catalog = old.catalog.clone();
+        let mut streams = old.streams.clone();
+        let mut removed = Vec::new();
+        for (name, id) in drained {
+            let (Some(s), Some(meta)) = (old.streams.get(name), catalog.streams.get_mut(name))
+            else {
+                continue;
+            };
+            if meta
+                .partitions
+                .get(id)
+                .is_some_and(|m| m.closed_end.is_some())
+            {
+                meta.partitions.remove(id);
+                let mut partitions = s.partitions.clone();
+                partitions.remove(id);
+                let routing = s.routing.clone();
+                streams.insert(
+                    name.clone(),
+                    Arc::new(Stream {
+                        name: name.clone(),
+                        meta: meta.clone(),
+                        dir: s.dir.clone(),
+                        routing,
+                        partitions,
+                    }),
+                );
+                removed.push(s.dir.join(id.to_string()));
+            }
+        }
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        self.store_catalog(&catalog)?;
+        self.install(State { catalog, streams });
+        for dir in &removed {
+            if let Err(e) = self
+                .fs
+                .remove_dir_all(dir)
+                .and_then(|()| self.fs.sync_dir(&sluice_log::io::parent(dir)))
+            {
+                warn!(dir = %dir.display(), error = %e, "could not remove an expired partition's files yet");
+            }
+        }
+        Ok(removed.len())
+    }
+
+    /// Records that consumer group `group` has processed `stream`'s `partition` up to (not
+    /// including) `offset`. Durable when this returns. An offset past the partition's end is
+    /// refused.
+    pub fn commit_checkpoint(
+        &self,
+        group: &str,
+        stream: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()> {
+        name::validate(group)?;
+        let snap = self.snapshot();
+        let s = snap.stream(stream)?;
+        let p = s.partition(partition)?;
+        let end = s.end_offset(partition, p);
+        if offset > end {
+            return Err(Error::CheckpointBeyondEnd {
+                partition,
+                offset,
+                end,
+            });
+        }
+        let mut all = lock(&self.checkpoints);
+        let path = self.checkpoint_path(group);
+        let mut updated = match all.get(group) {
+            Some(m) => m.clone(),
+            None => meta::load(&*self.fs, CHECKPOINT_MAGIC, &path)?.unwrap_or_default(),
+        };
+        updated.insert((s.meta.uid, partition), offset);
+        meta::store(&*self.fs, CHECKPOINT_MAGIC, &path, &updated)?;
+        all.insert(group.to_owned(), updated);
+        Ok(())
+    }
+
+    /// The offset group `group` last committed for a partition, if any.
+    pub fn fetch_checkpoint(
+        &self,
+        group: &str,
+        stream: &str,
+        partition: u32,
+    ) -> Result<Option<u64>> {
+        name::validate(group)?;
+        let snap = self.snapshot();
+        let s = snap.stream(stream)?;
+        s.partition(partition)?;
+        let mut all = lock(&self.checkpoints);
+        if !all.contains_key(group) {
+            let loaded = meta::load(&*self.fs, CHECKPOINT_MAGIC, &self.checkpoint_path(group))?
+                .unwrap_or_default();
+            all.insert(group.to_owned(), loaded);
+        }
+        Ok(all
+            .get(group)
+            .and_then(|m| m.get(&(s.meta.uid, partition)))
+            .copied())
+    }
+
+    fn checkpoint_path(&self, group: &str) -> PathBuf {
+        self.dir.join(CHECKPOINTS_DIR).join(group)
+    }
+
+    /// Closes every partition cleanly (fsync, clean-shutdown markers) and releases the lock.
+    pub fn close(self) -> Result<()> {
+        let state =
+            std::mem::take(&mut *self.state.write().unwrap_or_else(PoisonError::into_inner));
+        let mut first_error = None;
+        if let Ok(state) = Arc::try_unwrap(state) {
+            for (_, s) in state.streams {
+                let Ok(s) = Arc::try_unwrap(s) else { continue };
+                for (_, p) in s.partitions {
+                    let result = match Arc::try_unwrap(p) {
+                        Ok(p) => p.log.close(),
+                        Err(p) => p.log.sync(),
+                    };
+                    if let Err(e) = result {
+                        first_error.get_or_insert(Error::from(e));
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Appends each group of records to its partition, in parallel when there are several. Returns,
+/// per group in order, the first offset, or `None` if the partition was closed meanwhile.
+fn append_groups(
+    s: &Stream,
+    records: &[PutRecord],
+    groups: &BTreeMap<u32, Vec<usize>>,
+) -> Result<Vec<Option<u64>>> {
+    let append = |id: u32, indices: &[usize]| -> Result<Option<u64>> {
+        let p = s.partition(id)?;
+        let batch: Vec<Record> = indices
+            .iter()
+            .filter_map(|i| records.get(*i))
+            .map(|r| Record {
+                key: r.partition_key.clone(),
+                value: r.value.clone(),
+            })
+            .collect();
+        let closed = p.closed.read().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return Ok(None);
+        }
+        Ok(Some(p.log.append(&batch)?))
+    };
+    if groups.len() == 1 {
+        return groups.iter().map(|(id, ix)| append(*id, ix)).collect();
+    }
+    // Each partition's append waits for its own fsync; doing them at once overlaps the waits.
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|(id, ix)| scope.spawn(move || append(*id, ix)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+fn describe(name: &str, s: &Stream) -> StreamDescription {
+    StreamDescription {
+        name: name.to_owned(),
+        retention_ms: s.meta.retention_ms,
+        partition_bytes_max: s.meta.partition_bytes_max,
+        record_bytes_max: s.meta.record_bytes_max,
+        partitions: s
+            .meta
+            .partitions
+            .iter()
+            .map(|(id, m)| {
+                let log = s.partitions.get(id).map(|p| &p.log);
+                PartitionDescription {
+                    id: *id,
+                    state: if m.closed_end.is_some() {
+                        PartitionState::Closed
+                    } else {
+                        PartitionState::Open
+                    },
+                    range: m.range,
+                    parents: m.parents.clone(),
+                    start_offset: log.map_or(0, Log::start_offset),
+                    end_offset: m
+                        .closed_end
+                        .unwrap_or_else(|| log.map_or(0, Log::end_offset)),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Removes the subdirectories of `dir` that `keep` does not want, then syncs `dir`.
+fn remove_orphans(fs: &dyn FileSystem, dir: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let mut removed = false;
+    for sub in fs.list_subdirs(dir).at(dir)? {
+        if !keep(&sub) {
+            let path = dir.join(&sub);
+            warn!(dir = %path.display(), "removing a directory the catalog does not name");
+            fs.remove_dir_all(&path).at(&path)?;
+            removed = true;
+        }
+    }
+    if removed {
+        fs.sync_dir(dir).at(dir)?;
+    }
+    Ok(())
+}
