@@ -179,7 +179,8 @@ fn puts_are_validated_before_anything_is_written() {
     )
     .unwrap();
     let good = PutRecord::new("k", "v");
-    let cases: Vec<(Vec<PutRecord>, fn(&Error) -> bool)> = vec![
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(Vec<PutRecord>, Check)> = vec![
         (vec![], |e| matches!(e, Error::EmptyPut)),
         (vec![good.clone(); 11], |e| {
             matches!(e, Error::TooManyRecords { count: 11, max: 10 })
