@@ -86,7 +86,9 @@ impl Fixture {
             .max()
             .map(|n| self.path.join(n))
             .expect("a segment");
-        let empty = std::fs::metadata(&newest).expect("stat the newest segment").len()
+        let empty = std::fs::metadata(&newest)
+            .expect("stat the newest segment")
+            .len()
             == FILE_HEADER_LEN as u64;
         if empty {
             std::fs::remove_file(&newest).expect("remove the new segment");
