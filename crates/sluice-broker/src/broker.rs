@@ -586,6 +586,7 @@ impl Broker {
         let mut acks: Vec<Option<PutAck>> = vec![None; records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut snap = snap;
+        let mut last_closed = 0;
         for _ in 0..REROUTES_MAX {
             let s = snap.stream(stream)?;
             let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
@@ -607,7 +608,10 @@ impl Broker {
                         }
                     }
                     // Closed by a reshard after this snapshot: route again with a newer one.
-                    None => pending.extend(indices),
+                    None => {
+                        last_closed = *id;
+                        pending.extend(indices);
+                    }
                 }
             }
             if pending.is_empty() {
@@ -615,9 +619,10 @@ impl Broker {
             }
             snap = self.snapshot();
         }
+        // Only reached if reshards closed this put's partitions many times in a row.
         Err(Error::PartitionClosed {
             stream: stream.to_owned(),
-            partition: u32::MAX,
+            partition: last_closed,
         })
     }
 
@@ -823,8 +828,8 @@ impl Broker {
                 return Err(e);
             }
         };
-        for mut gate in gates {
-            *gate = true;
+        for gate in &mut gates {
+            **gate = true;
         }
         let routing = meta.routing().ok_or_else(|| Error::CorruptMetadata {
             path: self.dir.join(CATALOG_FILE),
@@ -841,7 +846,10 @@ impl Broker {
                 partitions,
             }),
         );
+        // The new snapshot goes in before the gates open: a put that waited on a closed gate
+        // routes again with a snapshot that already has the children.
         self.install(State { catalog, streams });
+        drop(gates);
         Ok(())
     }
 

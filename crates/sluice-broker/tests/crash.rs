@@ -32,7 +32,13 @@ struct Done {
 fn workload(b: &Broker) -> Done {
     let mut done = Done::default();
     let run = |done: &mut Done| -> Result<(), sluice_broker::Error> {
-        b.create_stream("b", StreamConfig { partitions: 3, ..StreamConfig::default() })?;
+        b.create_stream(
+            "b",
+            StreamConfig {
+                partitions: 3,
+                ..StreamConfig::default()
+            },
+        )?;
         done.created_b = true;
         let ack = b.put("b", &[PutRecord::new("key", "acked")])?;
         done.put_b = Some((ack[0].partition, ack[0].offset));
@@ -54,7 +60,10 @@ fn check(img: &SimFs, done: &Done, step: u64) {
     let b = Broker::open_with_fs(Arc::new(img.clone()), DATA, BrokerOptions::default())
         .unwrap_or_else(|e| panic!("crash at op {step}: the broker does not open: {e}"));
     let streams = b.list_streams();
-    assert!(streams.contains(&"a".to_string()), "op {step}: stream a lost");
+    assert!(
+        streams.contains(&"a".to_string()),
+        "op {step}: stream a lost"
+    );
     // Old or new, never half: b has all three partitions or does not exist.
     if streams.contains(&"b".to_string()) {
         let d = b.describe_stream("b").unwrap();
@@ -65,7 +74,11 @@ fn check(img: &SimFs, done: &Done, step: u64) {
     }
     if let Some((p, o)) = done.put_b {
         let got = b.read("b", p, o, ReadLimits::default()).unwrap();
-        assert_eq!(got[0].value.as_ref(), b"acked", "op {step}: an acknowledged put was lost");
+        assert_eq!(
+            got[0].value.as_ref(),
+            b"acked",
+            "op {step}: an acknowledged put was lost"
+        );
     }
     let a = b.describe_stream("a").unwrap();
     let split = a.partitions[0].state == PartitionState::Closed;
@@ -74,9 +87,16 @@ fn check(img: &SimFs, done: &Done, step: u64) {
     }
     if split {
         assert_eq!(a.partitions.len(), 3, "op {step}");
-        assert_eq!(a.partitions[0].end_offset, 2, "op {step}: the parent's end moved");
+        assert_eq!(
+            a.partitions[0].end_offset, 2,
+            "op {step}: the parent's end moved"
+        );
     } else {
-        assert_eq!(a.partitions.len(), 1, "op {step}: children without a closed parent");
+        assert_eq!(
+            a.partitions.len(),
+            1,
+            "op {step}: children without a closed parent"
+        );
     }
     // Records of stream a are all there whatever happened.
     let got = b.read("a", 0, 0, ReadLimits::default()).unwrap();
@@ -94,7 +114,11 @@ fn check(img: &SimFs, done: &Done, step: u64) {
     }
     // Only directories of listed streams remain.
     let dirs = img.list_subdirs(&Path::new(DATA).join("streams")).unwrap();
-    assert_eq!(dirs.len(), streams.len(), "op {step}: orphaned stream directories {dirs:?}");
+    assert_eq!(
+        dirs.len(),
+        streams.len(),
+        "op {step}: orphaned stream directories {dirs:?}"
+    );
     b.close().unwrap();
 }
 
@@ -107,12 +131,18 @@ fn metadata_changes_survive_a_crash_at_every_step() {
         setup(&b);
         let before = fs.mutating_ops();
         let done = workload(&b);
-        assert!(done.deleted_c, "the workload runs to its end without a crash");
+        assert!(
+            done.deleted_c,
+            "the workload runs to its end without a crash"
+        );
         fs.mutating_ops() - before
     };
     assert!(total > 30);
     for step in 0..=total {
-        for (mode, seed) in [(CrashMode::DropUnsynced, 0), (CrashMode::RandomPrefixThenGarbage, step)] {
+        for (mode, seed) in [
+            (CrashMode::DropUnsynced, 0),
+            (CrashMode::RandomPrefixThenGarbage, step),
+        ] {
             let fs = SimFs::new();
             let b = open(&fs);
             setup(&b);
@@ -126,6 +156,14 @@ fn metadata_changes_survive_a_crash_at_every_step() {
 
 fn setup(b: &Broker) {
     b.create_stream("a", StreamConfig::default()).unwrap();
-    b.create_stream("c", StreamConfig { partitions: 2, ..StreamConfig::default() }).unwrap();
-    b.put("a", &[PutRecord::new("x", "1"), PutRecord::new("y", "2")]).unwrap();
+    b.create_stream(
+        "c",
+        StreamConfig {
+            partitions: 2,
+            ..StreamConfig::default()
+        },
+    )
+    .unwrap();
+    b.put("a", &[PutRecord::new("x", "1"), PutRecord::new("y", "2")])
+        .unwrap();
 }
