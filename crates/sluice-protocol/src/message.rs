@@ -1,0 +1,826 @@
+//! Requests and responses, and their bodies.
+//!
+//! Record data travels in fixed binary layouts (`Put` and `Read`); every other body is a
+//! postcard-encoded struct (see `docs/protocol.md`). Decoding never trusts a count or a length:
+//! each is checked against the bytes actually present before anything is allocated.
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codes::ErrorCode;
+use crate::error::WireError;
+use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, encode_frame};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Magic at the start of a `Hello` body.
+pub const HELLO_MAGIC: [u8; 4] = *b"SLCE";
+
+/// Message kinds. A response carries the kind of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Version handshake; must be the first request on a connection.
+    Hello = 1,
+    /// Create a stream.
+    CreateStream = 2,
+    /// Delete a stream.
+    DeleteStream = 3,
+    /// List stream names.
+    ListStreams = 4,
+    /// Describe a stream.
+    DescribeStream = 5,
+    /// Append records.
+    Put = 6,
+    /// Read records of a partition.
+    Read = 7,
+    /// Split a partition.
+    Split = 8,
+    /// Merge two partitions.
+    Merge = 9,
+    /// Change a stream's retention.
+    SetRetention = 10,
+    /// Commit a consumer checkpoint.
+    CommitCheckpoint = 11,
+    /// Fetch a consumer checkpoint.
+    FetchCheckpoint = 12,
+    /// Server statistics.
+    Stats = 13,
+}
+
+impl Kind {
+    const ALL: [Kind; 13] = [
+        Kind::Hello,
+        Kind::CreateStream,
+        Kind::DeleteStream,
+        Kind::ListStreams,
+        Kind::DescribeStream,
+        Kind::Put,
+        Kind::Read,
+        Kind::Split,
+        Kind::Merge,
+        Kind::SetRetention,
+        Kind::CommitCheckpoint,
+        Kind::FetchCheckpoint,
+        Kind::Stats,
+    ];
+
+    /// The kind for a number.
+    pub fn from_u16(n: u16) -> Result<Self, WireError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| *k as u16 == n)
+            .ok_or(WireError::UnknownKind(n))
+    }
+}
+
+/// One record of a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRecord {
+    /// Partition key (1 to 256 bytes; the server checks).
+    pub partition_key: Bytes,
+    /// Explicit hash key overriding the key's MD5.
+    pub explicit_hash_key: Option<u128>,
+    /// Value.
+    pub value: Bytes,
+}
+
+/// Where a put record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutAck {
+    /// Partition id.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// At this offset.
+    Offset(u64),
+    /// At the first offset still held.
+    Earliest,
+    /// At the end: only records written after the read.
+    Latest,
+    /// At the first record with a timestamp at or after this many ms since the Unix epoch.
+    Timestamp(u64),
+}
+
+/// A read request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// Stream name.
+    pub stream: String,
+    /// Partition id.
+    pub partition: u32,
+    /// Where to start.
+    pub from: ReadFrom,
+    /// Most records to return.
+    pub max_records: u32,
+    /// Most key and value bytes to return (at least one record is returned if any is there).
+    pub max_bytes: u32,
+    /// How long to wait for data when there is none yet (long poll); 0 answers at once.
+    pub max_wait_ms: u32,
+}
+
+/// A record in a read response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRecord {
+    /// Offset.
+    pub offset: u64,
+    /// Arrival timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Partition key.
+    pub key: Bytes,
+    /// Value.
+    pub value: Bytes,
+}
+
+/// A read response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResponse {
+    /// First offset the partition still holds.
+    pub start_offset: u64,
+    /// Next offset to be written in the partition.
+    pub end_offset: u64,
+    /// Where the next read should start: after the last record returned, or where this read
+    /// started if it returned none.
+    pub next_offset: u64,
+    /// The records.
+    pub records: Vec<WireRecord>,
+}
+
+/// Settings of a new stream (postcard body of `CreateStream`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateStream {
+    /// Stream name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Retention in ms.
+    pub retention_ms: u64,
+    /// Optional size cap per partition.
+    pub partition_bytes_max: Option<u64>,
+    /// Record size limit; `None` for the server's default (1 MiB).
+    pub record_bytes_max: Option<u64>,
+}
+
+/// A partition as described (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    /// Id.
+    pub id: u32,
+    /// True while it takes writes.
+    pub open: bool,
+    /// First hash key.
+    pub hash_start: u128,
+    /// Last hash key (inclusive).
+    pub hash_end: u128,
+    /// Parent ids.
+    pub parents: Vec<u32>,
+    /// First offset held.
+    pub start_offset: u64,
+    /// Next offset to be written (where a closed partition ended).
+    pub end_offset: u64,
+}
+
+/// A stream as described (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// Name.
+    pub name: String,
+    /// Retention in ms.
+    pub retention_ms: u64,
+    /// Size cap per partition.
+    pub partition_bytes_max: Option<u64>,
+    /// Record size limit.
+    pub record_bytes_max: u64,
+    /// Partitions by id.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// Traffic counters of one stream (postcard, inside [`ServerStats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    /// Stream name.
+    pub name: String,
+    /// Records appended.
+    pub records_in: u64,
+    /// Key and value bytes appended.
+    pub bytes_in: u64,
+    /// Records read.
+    pub records_out: u64,
+    /// Key and value bytes read.
+    pub bytes_out: u64,
+}
+
+/// Server statistics (postcard body of the `Stats` response).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Time since the server started, ms.
+    pub uptime_ms: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Put requests that wrote records (each waits for the fsyncs its records need).
+    pub puts: u64,
+    /// `fdatasync` calls on partition data since start.
+    pub fsyncs: u64,
+    /// Put latency (request decoded to acknowledgement ready), microseconds: 50th percentile.
+    pub put_latency_us_p50: u64,
+    /// 99th percentile.
+    pub put_latency_us_p99: u64,
+    /// Maximum.
+    pub put_latency_us_max: u64,
+    /// Per-stream traffic.
+    pub streams: Vec<StreamStats>,
+}
+
+/// Stream name and partition (postcard), used by several requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRef {
+    /// Stream name.
+    pub stream: String,
+    /// Partition id.
+    pub partition: u32,
+}
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// Handshake: the client's protocol version.
+    Hello {
+        /// Version the client speaks.
+        version: u16,
+    },
+    /// Create a stream.
+    CreateStream(CreateStream),
+    /// Delete a stream.
+    DeleteStream {
+        /// Stream name.
+        name: String,
+    },
+    /// List streams.
+    ListStreams,
+    /// Describe a stream.
+    DescribeStream {
+        /// Stream name.
+        name: String,
+    },
+    /// Append records.
+    Put {
+        /// Stream name.
+        stream: String,
+        /// Records.
+        records: Vec<PutRecord>,
+    },
+    /// Read records.
+    Read(ReadRequest),
+    /// Split a partition (at the middle when `at` is `None`).
+    Split {
+        /// Stream and partition.
+        target: PartitionRef,
+        /// Starting hash key of the upper child.
+        at: Option<u128>,
+    },
+    /// Merge two adjacent partitions.
+    Merge {
+        /// Stream name.
+        stream: String,
+        /// One partition.
+        a: u32,
+        /// The other.
+        b: u32,
+    },
+    /// Change retention.
+    SetRetention {
+        /// Stream name.
+        stream: String,
+        /// New retention, ms.
+        retention_ms: u64,
+    },
+    /// Commit a checkpoint.
+    CommitCheckpoint {
+        /// Consumer group.
+        group: String,
+        /// Stream and partition.
+        target: PartitionRef,
+        /// Next offset the group will read.
+        offset: u64,
+    },
+    /// Fetch a checkpoint.
+    FetchCheckpoint {
+        /// Consumer group.
+        group: String,
+        /// Stream and partition.
+        target: PartitionRef,
+    },
+    /// Server statistics.
+    Stats,
+}
+
+/// A successful response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Response {
+    /// The version the server will speak on this connection.
+    Hello {
+        /// Version.
+        version: u16,
+    },
+    /// The created stream.
+    CreateStream(StreamInfo),
+    /// Deleted.
+    DeleteStream,
+    /// Stream names.
+    ListStreams(Vec<String>),
+    /// The stream.
+    DescribeStream(StreamInfo),
+    /// One acknowledgement per record, in request order.
+    Put(Vec<PutAck>),
+    /// Records.
+    Read(ReadResponse),
+    /// Children ids.
+    Split([u32; 2]),
+    /// Child id.
+    Merge(u32),
+    /// Changed.
+    SetRetention,
+    /// Committed.
+    CommitCheckpoint,
+    /// The committed offset, if any.
+    FetchCheckpoint(Option<u64>),
+    /// Statistics.
+    Stats(ServerStats),
+}
+
+/// An error response body: `code u16 | message_len u16 | message (UTF-8)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// The code's number (see [`ErrorCode`]; unknown numbers are possible from newer servers).
+    pub code: u16,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl ErrorResponse {
+    /// An error with a known code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_u16(),
+            message: message.into(),
+        }
+    }
+
+    /// The code, if this build knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
+}
+
+impl Request {
+    /// The message kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Hello { .. } => Kind::Hello,
+            Self::CreateStream(_) => Kind::CreateStream,
+            Self::DeleteStream { .. } => Kind::DeleteStream,
+            Self::ListStreams => Kind::ListStreams,
+            Self::DescribeStream { .. } => Kind::DescribeStream,
+            Self::Put { .. } => Kind::Put,
+            Self::Read(_) => Kind::Read,
+            Self::Split { .. } => Kind::Split,
+            Self::Merge { .. } => Kind::Merge,
+            Self::SetRetention { .. } => Kind::SetRetention,
+            Self::CommitCheckpoint { .. } => Kind::CommitCheckpoint,
+            Self::FetchCheckpoint { .. } => Kind::FetchCheckpoint,
+            Self::Stats => Kind::Stats,
+        }
+    }
+
+    /// Appends the request as a frame.
+    pub fn encode(&self, correlation_id: u64, out: &mut BytesMut) {
+        encode_frame(out, self.kind() as u16, 0, correlation_id, |b| {
+            self.encode_body(b)
+        });
+    }
+
+    fn encode_body(&self, b: &mut BytesMut) {
+        match self {
+            Self::Hello { version } => {
+                b.put_slice(&HELLO_MAGIC);
+                b.put_u16_le(*version);
+            }
+            Self::CreateStream(c) => postcard_into(b, c),
+            Self::DeleteStream { name } | Self::DescribeStream { name } => postcard_into(b, name),
+            Self::ListStreams | Self::Stats => {}
+            Self::Put { stream, records } => {
+                put_str(b, stream);
+                b.put_u32_le(u32::try_from(records.len()).unwrap_or(u32::MAX));
+                for r in records {
+                    match r.explicit_hash_key {
+                        Some(h) => {
+                            b.put_u8(1);
+                            b.put_u128_le(h);
+                        }
+                        None => b.put_u8(0),
+                    }
+                    b.put_u16_le(u16::try_from(r.partition_key.len()).unwrap_or(u16::MAX));
+                    b.put_slice(&r.partition_key);
+                    b.put_u32_le(u32::try_from(r.value.len()).unwrap_or(u32::MAX));
+                    b.put_slice(&r.value);
+                }
+            }
+            Self::Read(r) => {
+                put_str(b, &r.stream);
+                b.put_u32_le(r.partition);
+                let (tag, value) = match r.from {
+                    ReadFrom::Offset(o) => (0u8, o),
+                    ReadFrom::Earliest => (1, 0),
+                    ReadFrom::Latest => (2, 0),
+                    ReadFrom::Timestamp(t) => (3, t),
+                };
+                b.put_u8(tag);
+                b.put_u64_le(value);
+                b.put_u32_le(r.max_records);
+                b.put_u32_le(r.max_bytes);
+                b.put_u32_le(r.max_wait_ms);
+            }
+            Self::Split { target, at } => postcard_into(b, &(target, at)),
+            Self::Merge {
+                stream,
+                a,
+                b: other,
+            } => postcard_into(b, &(stream, a, other)),
+            Self::SetRetention {
+                stream,
+                retention_ms,
+            } => postcard_into(b, &(stream, retention_ms)),
+            Self::CommitCheckpoint {
+                group,
+                target,
+                offset,
+            } => postcard_into(b, &(group, target, offset)),
+            Self::FetchCheckpoint { group, target } => postcard_into(b, &(group, target)),
+        }
+    }
+
+    /// Decodes a request body of the given kind.
+    pub fn decode(kind: u16, body: Bytes) -> Result<Self, WireError> {
+        let kind = Kind::from_u16(kind)?;
+        let mut r = BodyReader::new(body);
+        let req = match kind {
+            Kind::Hello => {
+                if r.take(4, "hello magic")?.as_ref() != HELLO_MAGIC {
+                    return Err(WireError::Invalid("hello magic"));
+                }
+                Self::Hello {
+                    version: r.u16("version")?,
+                }
+            }
+            Kind::CreateStream => Self::CreateStream(r.postcard()?),
+            Kind::DeleteStream => Self::DeleteStream {
+                name: r.postcard()?,
+            },
+            Kind::ListStreams => Self::ListStreams,
+            Kind::DescribeStream => Self::DescribeStream {
+                name: r.postcard()?,
+            },
+            Kind::Put => {
+                let stream = r.str("stream name")?;
+                let count = r.u32("record count")? as usize;
+                // Each record takes at least 7 bytes; a larger count than fits is a lie.
+                if count > r.remaining() / 7 {
+                    return Err(WireError::Invalid("record count"));
+                }
+                let mut records = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let explicit_hash_key = match r.u8("record flags")? {
+                        0 => None,
+                        1 => Some(r.u128("explicit hash key")?),
+                        _ => return Err(WireError::Invalid("record flags")),
+                    };
+                    let klen = usize::from(r.u16("key length")?);
+                    let partition_key = r.take(klen, "key")?;
+                    let vlen = r.u32("value length")? as usize;
+                    let value = r.take(vlen, "value")?;
+                    records.push(PutRecord {
+                        partition_key,
+                        explicit_hash_key,
+                        value,
+                    });
+                }
+                Self::Put { stream, records }
+            }
+            Kind::Read => {
+                let stream = r.str("stream name")?;
+                let partition = r.u32("partition")?;
+                let tag = r.u8("read position kind")?;
+                let value = r.u64("read position")?;
+                let from = match tag {
+                    0 => ReadFrom::Offset(value),
+                    1 => ReadFrom::Earliest,
+                    2 => ReadFrom::Latest,
+                    3 => ReadFrom::Timestamp(value),
+                    _ => return Err(WireError::Invalid("read position kind")),
+                };
+                Self::Read(ReadRequest {
+                    stream,
+                    partition,
+                    from,
+                    max_records: r.u32("max records")?,
+                    max_bytes: r.u32("max bytes")?,
+                    max_wait_ms: r.u32("max wait")?,
+                })
+            }
+            Kind::Split => {
+                let (target, at) = r.postcard()?;
+                Self::Split { target, at }
+            }
+            Kind::Merge => {
+                let (stream, a, b) = r.postcard()?;
+                Self::Merge { stream, a, b }
+            }
+            Kind::SetRetention => {
+                let (stream, retention_ms) = r.postcard()?;
+                Self::SetRetention {
+                    stream,
+                    retention_ms,
+                }
+            }
+            Kind::CommitCheckpoint => {
+                let (group, target, offset) = r.postcard()?;
+                Self::CommitCheckpoint {
+                    group,
+                    target,
+                    offset,
+                }
+            }
+            Kind::FetchCheckpoint => {
+                let (group, target) = r.postcard()?;
+                Self::FetchCheckpoint { group, target }
+            }
+            Kind::Stats => Self::Stats,
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// The message kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Hello { .. } => Kind::Hello,
+            Self::CreateStream(_) => Kind::CreateStream,
+            Self::DeleteStream => Kind::DeleteStream,
+            Self::ListStreams(_) => Kind::ListStreams,
+            Self::DescribeStream(_) => Kind::DescribeStream,
+            Self::Put(_) => Kind::Put,
+            Self::Read(_) => Kind::Read,
+            Self::Split(_) => Kind::Split,
+            Self::Merge(_) => Kind::Merge,
+            Self::SetRetention => Kind::SetRetention,
+            Self::CommitCheckpoint => Kind::CommitCheckpoint,
+            Self::FetchCheckpoint(_) => Kind::FetchCheckpoint,
+            Self::Stats(_) => Kind::Stats,
+        }
+    }
+
+    /// Appends the response as a frame.
+    pub fn encode(&self, correlation_id: u64, out: &mut BytesMut) {
+        encode_frame(
+            out,
+            self.kind() as u16,
+            FLAG_RESPONSE,
+            correlation_id,
+            |b| self.encode_body(b),
+        );
+    }
+
+    fn encode_body(&self, b: &mut BytesMut) {
+        match self {
+            Self::Hello { version } => b.put_u16_le(*version),
+            Self::CreateStream(s) | Self::DescribeStream(s) => postcard_into(b, s),
+            Self::DeleteStream | Self::SetRetention | Self::CommitCheckpoint => {}
+            Self::ListStreams(names) => postcard_into(b, names),
+            Self::Put(acks) => {
+                b.put_u32_le(u32::try_from(acks.len()).unwrap_or(u32::MAX));
+                for a in acks {
+                    b.put_u32_le(a.partition);
+                    b.put_u64_le(a.offset);
+                }
+            }
+            Self::Read(r) => {
+                b.put_u64_le(r.start_offset);
+                b.put_u64_le(r.end_offset);
+                b.put_u64_le(r.next_offset);
+                b.put_u32_le(u32::try_from(r.records.len()).unwrap_or(u32::MAX));
+                for rec in &r.records {
+                    b.put_u64_le(rec.offset);
+                    b.put_u64_le(rec.timestamp_ms);
+                    b.put_u16_le(u16::try_from(rec.key.len()).unwrap_or(u16::MAX));
+                    b.put_slice(&rec.key);
+                    b.put_u32_le(u32::try_from(rec.value.len()).unwrap_or(u32::MAX));
+                    b.put_slice(&rec.value);
+                }
+            }
+            Self::Split(ids) => postcard_into(b, ids),
+            Self::Merge(id) => postcard_into(b, id),
+            Self::FetchCheckpoint(o) => postcard_into(b, o),
+            Self::Stats(s) => postcard_into(b, s),
+        }
+    }
+
+    /// Decodes a (non-error) response body of the given kind.
+    pub fn decode(kind: u16, body: Bytes) -> Result<Self, WireError> {
+        let kind = Kind::from_u16(kind)?;
+        let mut r = BodyReader::new(body);
+        let resp = match kind {
+            Kind::Hello => Self::Hello {
+                version: r.u16("version")?,
+            },
+            Kind::CreateStream => Self::CreateStream(r.postcard()?),
+            Kind::DescribeStream => Self::DescribeStream(r.postcard()?),
+            Kind::DeleteStream => Self::DeleteStream,
+            Kind::SetRetention => Self::SetRetention,
+            Kind::CommitCheckpoint => Self::CommitCheckpoint,
+            Kind::ListStreams => Self::ListStreams(r.postcard()?),
+            Kind::Put => {
+                let count = r.u32("ack count")? as usize;
+                if count > r.remaining() / 12 {
+                    return Err(WireError::Invalid("ack count"));
+                }
+                let mut acks = Vec::with_capacity(count);
+                for _ in 0..count {
+                    acks.push(PutAck {
+                        partition: r.u32("partition")?,
+                        offset: r.u64("offset")?,
+                    });
+                }
+                Self::Put(acks)
+            }
+            Kind::Read => {
+                let start_offset = r.u64("start offset")?;
+                let end_offset = r.u64("end offset")?;
+                let next_offset = r.u64("next offset")?;
+                let count = r.u32("record count")? as usize;
+                if count > r.remaining() / 22 {
+                    return Err(WireError::Invalid("record count"));
+                }
+                let mut records = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let offset = r.u64("offset")?;
+                    let timestamp_ms = r.u64("timestamp")?;
+                    let klen = usize::from(r.u16("key length")?);
+                    let key = r.take(klen, "key")?;
+                    let vlen = r.u32("value length")? as usize;
+                    let value = r.take(vlen, "value")?;
+                    records.push(WireRecord {
+                        offset,
+                        timestamp_ms,
+                        key,
+                        value,
+                    });
+                }
+                Self::Read(ReadResponse {
+                    start_offset,
+                    end_offset,
+                    next_offset,
+                    records,
+                })
+            }
+            Kind::Split => Self::Split(r.postcard()?),
+            Kind::Merge => Self::Merge(r.postcard()?),
+            Kind::FetchCheckpoint => Self::FetchCheckpoint(r.postcard()?),
+            Kind::Stats => Self::Stats(r.postcard()?),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
+
+/// Longest error message sent; longer ones are cut at a character boundary.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
+
+impl ErrorResponse {
+    /// Appends the error as a response frame of `kind`.
+    pub fn encode(&self, kind: u16, correlation_id: u64, out: &mut BytesMut) {
+        encode_frame(out, kind, FLAG_RESPONSE | FLAG_ERROR, correlation_id, |b| {
+            let mut end = self.message.len().min(ERROR_MESSAGE_BYTES_MAX);
+            while !self.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            let msg = self.message.get(..end).unwrap_or_default();
+            b.put_u16_le(self.code);
+            b.put_u16_le(msg.len() as u16);
+            b.put_slice(msg.as_bytes());
+        });
+    }
+
+    /// Decodes an error body.
+    pub fn decode(body: Bytes) -> Result<Self, WireError> {
+        let mut r = BodyReader::new(body);
+        let code = r.u16("error code")?;
+        let len = usize::from(r.u16("message length")?);
+        let msg = r.take(len, "message")?;
+        r.finish()?;
+        let message = String::from_utf8(msg.to_vec()).map_err(|_| WireError::BadUtf8("message"))?;
+        Ok(Self { code, message })
+    }
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u16_le(u16::try_from(s.len()).unwrap_or(u16::MAX));
+    b.put_slice(s.as_bytes());
+}
+
+fn postcard_into<T: Serialize + ?Sized>(b: &mut BytesMut, value: &T) {
+    // Serializing the plain structs of this module into a Vec cannot fail.
+    let bytes = postcard::to_allocvec(value).unwrap_or_default();
+    b.put_slice(&bytes);
+}
+
+/// A bounds-checked little-endian reader over a body that hands out zero-copy slices.
+struct BodyReader {
+    body: Bytes,
+    pos: usize,
+}
+
+impl BodyReader {
+    fn new(body: Bytes) -> Self {
+        Self { body, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.body.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<Bytes, WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated {
+                field,
+                need: n,
+                have: self.remaining(),
+            });
+        }
+        let out = self.body.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
+        let b = self.take(N, field)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(&b);
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(u8::from_le_bytes(self.array(field)?))
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    fn u128(&mut self, field: &'static str) -> Result<u128, WireError> {
+        Ok(u128::from_le_bytes(self.array(field)?))
+    }
+
+    fn str(&mut self, field: &'static str) -> Result<String, WireError> {
+        let len = usize::from(self.u16(field)?);
+        let b = self.take(len, field)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::BadUtf8(field))
+    }
+
+    /// Decodes the rest of the body as one postcard value.
+    fn postcard<T: DeserializeOwned>(&mut self) -> Result<T, WireError> {
+        let rest = self.body.get(self.pos..).unwrap_or_default();
+        let (value, left) =
+            postcard::take_from_bytes(rest).map_err(|e| WireError::Postcard(e.to_string()))?;
+        self.pos = self.body.len() - left.len();
+        Ok(value)
+    }
+
+    fn finish(self) -> Result<(), WireError> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(WireError::TrailingBytes(n)),
+        }
+    }
+}
