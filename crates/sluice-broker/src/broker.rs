@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_log::io::{FileSystem, StdFs};
-use sluice_log::{Log, LogOptions, ReadLimits, Record, RetentionPolicy, StoredRecord};
+use sluice_log::{Log, LogOptions, ReadLimits, Record, RetentionPolicy, StoredRecord, Written};
 use tracing::{info, warn};
 
 use crate::catalog::{CATALOG_FILE, CATALOG_MAGIC, Catalog, PartitionMeta, StreamMeta};
@@ -573,17 +573,26 @@ impl Broker {
 
     /// Appends records to a stream. Each record goes to the open partition whose hash range
     /// holds its hash key; the answer gives each record's partition and offset, in input order.
-    /// The whole request is checked before anything is written. Records for different
-    /// partitions are appended in parallel; records for one partition keep their input order.
+    /// The whole request is checked before anything is written. Each partition's records are
+    /// written as one batch, in input order, and the partitions' fsyncs run in parallel.
     ///
     /// If a partition fails to append (an I/O error, a poisoned log), the error is returned and
     /// records bound for other partitions may have been written: a retried put can store those
     /// twice (at-least-once, as with Kinesis's partial `PutRecords` failures).
     pub fn put(&self, stream: &str, records: &[PutRecord]) -> Result<Vec<PutAck>> {
+        self.submit_put(stream, records)?.wait()
+    }
+
+    /// The first half of [`Broker::put`]: checks, routes and writes the records, and returns
+    /// without waiting for them to be acknowledged ([`SubmittedPut::wait`] does that). Puts
+    /// submitted one after another land in that order in every partition, while their fsync
+    /// waits overlap: a server uses this to pipeline one client's puts without reordering them.
+    pub fn submit_put(&self, stream: &str, records: &[PutRecord]) -> Result<SubmittedPut> {
         let snap = self.snapshot();
         let s = snap.stream(stream)?;
         let hash_keys = self.validate_put(s, records)?;
         let mut acks: Vec<Option<PutAck>> = vec![None; records.len()];
+        let mut writes = Vec::new();
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut snap = snap;
         let mut last_closed = 0;
@@ -594,28 +603,32 @@ impl Broker {
                 let key = hash_keys.get(i).copied().unwrap_or(0);
                 groups.entry(s.routing.route(key)).or_default().push(i);
             }
-            let results = append_groups(s, records, &groups)?;
-            for ((id, indices), first) in groups.iter().zip(results) {
-                match first {
-                    Some(first) => {
+            for (id, indices) in groups {
+                let p = s.partition(id)?;
+                match write_open(p, records, &indices)? {
+                    Some(written) => {
                         for (n, i) in indices.iter().enumerate() {
                             if let Some(slot) = acks.get_mut(*i) {
                                 *slot = Some(PutAck {
-                                    partition: *id,
-                                    offset: first + n as u64,
+                                    partition: id,
+                                    offset: written.first_offset + n as u64,
                                 });
                             }
                         }
+                        writes.push((Arc::clone(p), written));
                     }
                     // Closed by a reshard after this snapshot: route again with a newer one.
                     None => {
-                        last_closed = *id;
+                        last_closed = id;
                         pending.extend(indices);
                     }
                 }
             }
             if pending.is_empty() {
-                return Ok(acks.into_iter().flatten().collect());
+                return Ok(SubmittedPut {
+                    writes,
+                    acks: acks.into_iter().flatten().collect(),
+                });
             }
             snap = self.snapshot();
         }
@@ -1018,46 +1031,53 @@ impl Broker {
     }
 }
 
-/// Appends each group of records to its partition, in parallel when there are several. Returns,
-/// per group in order, the first offset, or `None` if the partition was closed meanwhile.
-fn append_groups(
-    s: &Stream,
-    records: &[PutRecord],
-    groups: &BTreeMap<u32, Vec<usize>>,
-) -> Result<Vec<Option<u64>>> {
-    let append = |id: u32, indices: &[usize]| -> Result<Option<u64>> {
-        let p = s.partition(id)?;
-        let batch: Vec<Record> = indices
-            .iter()
-            .filter_map(|i| records.get(*i))
-            .map(|r| Record {
-                key: r.partition_key.clone(),
-                value: r.value.clone(),
-            })
-            .collect();
-        let closed = p.closed.read().unwrap_or_else(PoisonError::into_inner);
-        if *closed {
-            return Ok(None);
-        }
-        Ok(Some(p.log.append(&batch)?))
-    };
-    if groups.len() == 1 {
-        return groups.iter().map(|(id, ix)| append(*id, ix)).collect();
+/// Writes records (by index) to a partition unless a reshard has closed it (`Ok(None)`).
+fn write_open(p: &Partition, records: &[PutRecord], indices: &[usize]) -> Result<Option<Written>> {
+    let batch: Vec<Record> = indices
+        .iter()
+        .filter_map(|i| records.get(*i))
+        .map(|r| Record {
+            key: r.partition_key.clone(),
+            value: r.value.clone(),
+        })
+        .collect();
+    // Holding the read side of the gate while writing keeps a reshard from closing the
+    // partition between the check and the write.
+    let closed = p.closed.read().unwrap_or_else(PoisonError::into_inner);
+    if *closed {
+        return Ok(None);
     }
-    // Each partition's append waits for its own fsync; doing them at once overlaps the waits.
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .iter()
-            .map(|(id, ix)| scope.spawn(move || append(*id, ix)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
+    Ok(Some(p.log.write(&batch)?))
+}
+
+/// A put whose records are written, in order, but not yet acknowledged.
+#[derive(Debug)]
+#[must_use = "a submitted put is acknowledged only by `wait`"]
+pub struct SubmittedPut {
+    writes: Vec<(Arc<Partition>, Written)>,
+    acks: Vec<PutAck>,
+}
+
+impl SubmittedPut {
+    /// Waits until every record is acknowledged under the fsync policy, and returns each
+    /// record's partition and offset in input order. The partitions' fsyncs run in parallel.
+    pub fn wait(self) -> Result<Vec<PutAck>> {
+        match self.writes.as_slice() {
+            [] => {}
+            [(p, w)] => p.log.acknowledge(*w)?,
+            many => std::thread::scope(|scope| {
+                let handles: Vec<_> = many
+                    .iter()
+                    .map(|(p, w)| scope.spawn(move || p.log.acknowledge(*w)))
+                    .collect();
+                handles.into_iter().try_for_each(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+            })?,
+        }
+        Ok(self.acks)
+    }
 }
 
 fn describe(name: &str, s: &Stream) -> StreamDescription {

@@ -39,6 +39,15 @@ impl Record {
     }
 }
 
+/// Where [`Log::write`] put a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Offset of the first record.
+    pub first_offset: u64,
+    /// One past the offset of the last record.
+    pub end_offset: u64,
+}
+
 /// What [`Log::enforce_retention`] removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionOutcome {
@@ -181,6 +190,18 @@ impl Log {
     /// follow densely. Under [`FsyncPolicy::Always`] this returns only after an `fdatasync`
     /// covering the records has returned; concurrent callers share that `fdatasync`.
     pub fn append(&self, records: &[Record]) -> Result<u64> {
+        let written = self.write(records)?;
+        self.acknowledge(written)?;
+        Ok(written.first_offset)
+    }
+
+    /// The first half of [`Log::append`]: writes the records as one batch and returns where they
+    /// went, without waiting for the fsync policy. Callers that must keep several appends in
+    /// order but want their fsync waits to overlap (a server pipelining one client's requests)
+    /// write in order and acknowledge afterwards. Records are not acknowledged, and under
+    /// [`FsyncPolicy::Always`] not readable, until [`Log::acknowledge`] has returned for them
+    /// (or another append's acknowledgement covered them).
+    pub fn write(&self, records: &[Record]) -> Result<Written> {
         let mut batch =
             PreparedBatch::new(records.iter().map(|r| (r.key.as_ref(), r.value.as_ref())))
                 .map_err(|e| Error::InvalidAppend(format!("{e:?}")))?;
@@ -226,10 +247,20 @@ impl Log {
         shared
             .records_appended
             .fetch_add(u64::from(batch.record_count()), Ordering::Relaxed);
-        if shared.options.fsync == FsyncPolicy::Always {
-            shared.wait_durable(end)?;
+        Ok(Written {
+            first_offset: base,
+            end_offset: end,
+        })
+    }
+
+    /// The second half of [`Log::append`]: returns once `written` is acknowledged under the fsync
+    /// policy. Under [`FsyncPolicy::Always`] that is after an `fdatasync` covering it, shared
+    /// with every other waiter (group commit); under the other policies, at once.
+    pub fn acknowledge(&self, written: Written) -> Result<()> {
+        if self.shared.options.fsync == FsyncPolicy::Always {
+            self.shared.wait_durable(written.end_offset)?;
         }
-        Ok(base)
+        Ok(())
     }
 
     /// Makes everything appended so far durable.

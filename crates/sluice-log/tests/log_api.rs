@@ -329,3 +329,22 @@ fn retention_by_size_keeps_the_newest_segments_under_the_cap() {
     assert_eq!(rest.first().unwrap().offset, log.start_offset());
     assert_eq!(rest.last().unwrap().offset, 99);
 }
+
+#[test]
+fn write_then_acknowledge_keeps_order_and_hides_unsynced_records() {
+    let fs = SimFs::new();
+    let log = open_sim(&fs, LogOptions::default());
+    let a = log.write(&[record(0, 10)]).unwrap();
+    let b = log.write(&[record(1, 10), record(2, 10)]).unwrap();
+    assert_eq!((a.first_offset, b.first_offset, b.end_offset), (0, 1, 3));
+    // Written but not yet acknowledged under `Always`: not served to readers.
+    assert_eq!(log.readable_end(), 0);
+    assert!(log.read_from(0, ReadLimits::default()).unwrap().is_empty());
+    let syncs = fs.sync_data_calls();
+    log.acknowledge(b).unwrap();
+    assert_eq!(fs.sync_data_calls(), syncs + 1);
+    // The fsync for the later batch covered the earlier one.
+    log.acknowledge(a).unwrap();
+    assert_eq!(fs.sync_data_calls(), syncs + 1);
+    assert_eq!(read_all(&log).len(), 3);
+}
