@@ -1,5 +1,6 @@
 //! Error codes: stable numbers that a client in any language can switch on. A number, once
-//! given, keeps its meaning forever; new codes get new numbers.
+//! given, keeps its meaning forever; new codes get new numbers, and gaps are left between groups
+//! for them.
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,8 +29,6 @@ pub enum ErrorCode {
     InvalidConfig = 14,
     /// A partition key of 0 or more than 256 bytes.
     InvalidPartitionKey = 20,
-    /// An explicit hash key out of range.
-    InvalidHashKey = 21,
     /// A record larger than the stream's limit.
     RecordTooLarge = 22,
     /// A put with no records.
@@ -56,17 +55,14 @@ pub enum ErrorCode {
     StorageUnavailable = 51,
     /// The server is at a limit (connections, requests in flight); retry later.
     Busy = 52,
-    /// The server is shutting down.
-    ShuttingDown = 53,
-    /// A request timed out inside the server.
-    Timeout = 54,
-    /// Anything else; the message says what.
+    /// A failure inside the server that no request should be able to cause (a bug); the message
+    /// says what.
     Internal = 60,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::UnsupportedVersion,
         Self::MalformedRequest,
         Self::FrameTooLarge,
@@ -78,7 +74,6 @@ impl ErrorCode {
         Self::PartitionNotFound,
         Self::InvalidConfig,
         Self::InvalidPartitionKey,
-        Self::InvalidHashKey,
         Self::RecordTooLarge,
         Self::EmptyPut,
         Self::TooManyRecords,
@@ -92,8 +87,6 @@ impl ErrorCode {
         Self::Corruption,
         Self::StorageUnavailable,
         Self::Busy,
-        Self::ShuttingDown,
-        Self::Timeout,
         Self::Internal,
     ];
 
