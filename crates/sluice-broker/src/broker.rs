@@ -694,6 +694,25 @@ impl Broker {
         Ok(p.log.read_from(offset, limits)?)
     }
 
+    /// A partition's first offset still held and next offset to be written (where a closed
+    /// partition ended).
+    pub fn partition_bounds(&self, stream: &str, partition: u32) -> Result<(u64, u64)> {
+        let snap = self.snapshot();
+        let s = snap.stream(stream)?;
+        let p = s.partition(partition)?;
+        Ok((p.log.start_offset(), s.end_offset(partition, p)))
+    }
+
+    /// `fdatasync` calls on partition data since the broker opened, across all partitions.
+    pub fn fsync_count(&self) -> u64 {
+        self.snapshot()
+            .streams
+            .values()
+            .flat_map(|s| s.partitions.values())
+            .map(|p| p.log.stats().fsyncs)
+            .sum()
+    }
+
     /// First offset at or after `timestamp_ms` in a partition, `None` if every record is older.
     pub fn offset_for_timestamp(
         &self,

@@ -1,0 +1,290 @@
+//! One client connection: framing, the handshake, request limits, ordered puts, and responses.
+//!
+//! The reader decodes frames and hands each request to a task; a writer task sends the answers as
+//! they complete, matched by correlation id (so a slow read never holds up a fast put). Puts take
+//! a separate, ordered lane: they are written one after another in arrival order, and only their
+//! acknowledgements (the fsync waits) overlap, so a client that pipelines puts for a key keeps
+//! their order. At most `max_in_flight_per_connection` requests run at once; past that the reader
+//! stops reading, which pushes back on the client through TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::frame::{FrameHeader, HEADER_LEN};
+use sluice_protocol::message::{ErrorResponse, Kind, PROTOCOL_VERSION, Request, Response};
+use sluice_protocol::{ErrorCode, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::debug;
+
+use crate::handler;
+use crate::server::Shared;
+
+/// An encoded response frame on its way to the writer.
+type Outgoing = Bytes;
+
+/// Answers a connection over the limit with `Busy` and closes it.
+pub(crate) async fn refuse_busy(mut socket: TcpStream, limit: usize) {
+    let mut out = BytesMut::new();
+    ErrorResponse::new(
+        ErrorCode::Busy,
+        format!("the server already has its maximum of {limit} connections; retry later"),
+    )
+    .encode(Kind::Hello as u16, 0, &mut out);
+    let _ = socket.write_all(&out).await;
+    let _ = socket.shutdown().await;
+}
+
+enum ReadOutcome {
+    Frame(FrameHeader, Bytes),
+    /// The peer closed the connection between frames.
+    Closed,
+    /// The connection must close (broken framing, timeout, I/O error); answer first if given.
+    Abort(Option<(u16, u64, ErrorResponse)>),
+}
+
+/// Reads one frame. Waiting for a frame to *start* has no limit (an idle client is fine), but
+/// once its first byte is in, the rest must come within `frame_timeout`.
+async fn read_frame(shared: &Shared, rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> ReadOutcome {
+    let max = shared.config.max_frame_bytes;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        match FrameHeader::decode(buf, max) {
+            Ok(Some(h)) => {
+                let total = HEADER_LEN + h.body_len as usize;
+                if buf.len() >= total {
+                    let mut frame = buf.split_to(total);
+                    let body = frame.split_off(HEADER_LEN).freeze();
+                    return ReadOutcome::Frame(h, body);
+                }
+                // The length was checked against the limit before this reservation.
+                buf.reserve(total - buf.len());
+            }
+            Ok(None) => {}
+            Err(WireError::FrameTooLarge { len, max }) => {
+                let (kind, id) = header_ids(buf);
+                let e = ErrorResponse::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame body of {len} bytes exceeds the limit of {max}"),
+                );
+                return ReadOutcome::Abort(Some((kind, id, e)));
+            }
+            Err(e) => {
+                let (kind, id) = header_ids(buf);
+                let e = ErrorResponse::new(ErrorCode::MalformedRequest, e.to_string());
+                return ReadOutcome::Abort(Some((kind, id, e)));
+            }
+        }
+        if !buf.is_empty() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + shared.config.frame_timeout);
+        }
+        let read = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, rd.read_buf(buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    debug!("closing a connection that stalled inside a frame");
+                    return ReadOutcome::Abort(None);
+                }
+            },
+            None => rd.read_buf(buf).await,
+        };
+        match read {
+            Ok(0) if buf.is_empty() => return ReadOutcome::Closed,
+            Ok(0) | Err(_) => return ReadOutcome::Abort(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Kind and correlation id from a header that failed its checks, to address the error answer.
+fn header_ids(buf: &[u8]) -> (u16, u64) {
+    FrameHeader::decode(buf, u32::MAX)
+        .ok()
+        .flatten()
+        .map_or((0, 0), |h| (h.kind, h.correlation_id))
+}
+
+fn encode_answer(kind: u16, id: u64, answer: Result<Response, ErrorResponse>) -> Outgoing {
+    let mut out = BytesMut::new();
+    match answer {
+        Ok(r) => r.encode(id, &mut out),
+        Err(e) => e.encode(kind, id, &mut out),
+    }
+    out.freeze()
+}
+
+struct PendingPut {
+    id: u64,
+    stream: String,
+    records: Vec<sluice_protocol::message::PutRecord>,
+    started: Instant,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Serves one connection until the client leaves, the framing breaks, or the server shuts down.
+pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let (mut rd, mut wr) = socket.into_split();
+    let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight_per_connection));
+    let (out_tx, mut out_rx) =
+        mpsc::channel::<Outgoing>(shared.config.max_in_flight_per_connection);
+
+    // The writer: sends answers as they come. A client that stops reading fills its socket
+    // buffer, this task stalls, and the bounded channel and the in-flight limit stop the reader.
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    // The put lane: writes puts in arrival order, then lets their acknowledgements overlap.
+    let (put_tx, mut put_rx) =
+        mpsc::channel::<PendingPut>(shared.config.max_in_flight_per_connection);
+    let lane = {
+        let shared = Arc::clone(&shared);
+        let out_tx = out_tx.clone();
+        tokio::spawn(async move {
+            let mut acks = tokio::task::JoinSet::new();
+            while let Some(p) = put_rx.recv().await {
+                let submitted = handler::submit_put(&shared, p.stream, p.records).await;
+                let shared = Arc::clone(&shared);
+                let out_tx = out_tx.clone();
+                acks.spawn(async move {
+                    let answer = match submitted {
+                        Ok((stream, sub, count, bytes)) => {
+                            handler::finish_put(&shared, stream, sub, count, bytes, p.started).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = out_tx
+                        .send(encode_answer(Kind::Put as u16, p.id, answer))
+                        .await;
+                    drop(p.permit);
+                });
+                while acks.try_join_next().is_some() {}
+            }
+            while acks.join_next().await.is_some() {}
+        })
+    };
+
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut shutdown = shared.shutdown_rx();
+    let mut greeted = false;
+    let mut requests = tokio::task::JoinSet::new();
+    loop {
+        let outcome = tokio::select! {
+            o = read_frame(&shared, &mut rd, &mut buf) => o,
+            // Stop taking requests; the ones in flight are still answered below.
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (header, body) = match outcome {
+            ReadOutcome::Frame(h, b) => (h, b),
+            ReadOutcome::Closed => break,
+            ReadOutcome::Abort(answer) => {
+                if let Some((kind, id, e)) = answer {
+                    let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
+                }
+                break;
+            }
+        };
+        let (kind, id) = (header.kind, header.correlation_id);
+        if header.is_response() {
+            let e = ErrorResponse::new(
+                ErrorCode::MalformedRequest,
+                "a client sends requests, not responses",
+            );
+            let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
+            break;
+        }
+        let request = match Request::decode(kind, body) {
+            Ok(r) => r,
+            Err(e) => {
+                // The frame itself was whole, so the connection can go on.
+                let code = match e {
+                    WireError::UnknownKind(_) => ErrorCode::UnknownKind,
+                    _ => ErrorCode::MalformedRequest,
+                };
+                let _ = out_tx
+                    .send(encode_answer(
+                        kind,
+                        id,
+                        Err(ErrorResponse::new(code, e.to_string())),
+                    ))
+                    .await;
+                continue;
+            }
+        };
+        if !greeted {
+            let Request::Hello { version } = request else {
+                let e = ErrorResponse::new(
+                    ErrorCode::HandshakeRequired,
+                    "the first request must be Hello",
+                );
+                let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
+                break;
+            };
+            if version != PROTOCOL_VERSION {
+                let e = ErrorResponse::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                    ),
+                );
+                let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
+                break;
+            }
+            greeted = true;
+            let answer = Ok(Response::Hello {
+                version: PROTOCOL_VERSION,
+            });
+            let _ = out_tx.send(encode_answer(kind, id, answer)).await;
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        match request {
+            Request::Hello { .. } => {
+                let answer = Ok(Response::Hello {
+                    version: PROTOCOL_VERSION,
+                });
+                let _ = out_tx.send(encode_answer(kind, id, answer)).await;
+            }
+            Request::Put { stream, records } => {
+                let pending = PendingPut {
+                    id,
+                    stream,
+                    records,
+                    started: Instant::now(),
+                    permit,
+                };
+                if put_tx.send(pending).await.is_err() {
+                    break;
+                }
+            }
+            other => {
+                let shared = Arc::clone(&shared);
+                let out_tx = out_tx.clone();
+                requests.spawn(async move {
+                    let answer = handler::handle(shared, other).await;
+                    let _ = out_tx.send(encode_answer(kind, id, answer)).await;
+                    drop(permit);
+                });
+                while requests.try_join_next().is_some() {}
+            }
+        }
+    }
+    // Finish what was taken: every request read is answered before the connection closes.
+    drop(put_tx);
+    let _ = lane.await;
+    while requests.join_next().await.is_some() {}
+    drop(out_tx);
+    let _ = writer.await;
+    debug!(%peer, "connection closed");
+}

@@ -1,0 +1,269 @@
+//! Executes requests against the broker. Broker calls block (disk I/O, fsync), so each runs on
+//! tokio's blocking pool; a dropped request future does not cancel a write already handed there.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_broker::{PutRecord as BrokerRecord, StreamConfig, SubmittedPut};
+use sluice_log::ReadLimits;
+use sluice_protocol::ErrorCode;
+use sluice_protocol::message::{
+    ErrorResponse, PartitionInfo, PutRecord, ReadFrom, ReadRequest, ReadResponse, Request,
+    Response, StreamInfo, WireRecord,
+};
+
+use crate::errors::to_wire;
+use crate::server::Shared;
+
+type Answer = Result<Response, ErrorResponse>;
+
+/// Runs a blocking broker call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, sluice_broker::Error> + Send + 'static,
+) -> Result<T, ErrorResponse> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| to_wire(&e)),
+        Err(e) => Err(ErrorResponse::new(
+            ErrorCode::Internal,
+            format!("request task failed: {e}"),
+        )),
+    }
+}
+
+fn info(d: sluice_broker::StreamDescription) -> StreamInfo {
+    StreamInfo {
+        name: d.name,
+        retention_ms: d.retention_ms,
+        partition_bytes_max: d.partition_bytes_max,
+        record_bytes_max: d.record_bytes_max,
+        partitions: d
+            .partitions
+            .into_iter()
+            .map(|p| PartitionInfo {
+                id: p.id,
+                open: p.state == sluice_broker::PartitionState::Open,
+                hash_start: p.range.start,
+                hash_end: p.range.end,
+                parents: p.parents,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+            })
+            .collect(),
+    }
+}
+
+/// Handles every request but `Hello` and `Put` (which the connection orders itself).
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
+    let b = Arc::clone(&shared.broker);
+    match req {
+        Request::CreateStream(c) => {
+            let config = StreamConfig {
+                partitions: c.partitions,
+                retention: Duration::from_millis(c.retention_ms),
+                partition_bytes_max: c.partition_bytes_max,
+                record_bytes_max: c
+                    .record_bytes_max
+                    .unwrap_or(StreamConfig::default().record_bytes_max),
+            };
+            let d = blocking(move || b.create_stream(&c.name, config)).await?;
+            Ok(Response::CreateStream(info(d)))
+        }
+        Request::DeleteStream { name } => {
+            blocking(move || b.delete_stream(&name)).await?;
+            Ok(Response::DeleteStream)
+        }
+        Request::ListStreams => Ok(Response::ListStreams(b.list_streams())),
+        Request::DescribeStream { name } => {
+            let d = blocking(move || b.describe_stream(&name)).await?;
+            Ok(Response::DescribeStream(info(d)))
+        }
+        Request::Read(r) => read(shared, r).await,
+        Request::Split { target, at } => {
+            let ids = blocking(move || b.split(&target.stream, target.partition, at)).await?;
+            Ok(Response::Split(ids))
+        }
+        Request::Merge {
+            stream,
+            a,
+            b: other,
+        } => {
+            let id = blocking(move || b.merge(&stream, a, other)).await?;
+            Ok(Response::Merge(id))
+        }
+        Request::SetRetention {
+            stream,
+            retention_ms,
+        } => {
+            blocking(move || b.set_retention(&stream, Duration::from_millis(retention_ms))).await?;
+            Ok(Response::SetRetention)
+        }
+        Request::CommitCheckpoint {
+            group,
+            target,
+            offset,
+        } => {
+            blocking(move || b.commit_checkpoint(&group, &target.stream, target.partition, offset))
+                .await?;
+            Ok(Response::CommitCheckpoint)
+        }
+        Request::FetchCheckpoint { group, target } => {
+            let o = blocking(move || b.fetch_checkpoint(&group, &target.stream, target.partition))
+                .await?;
+            Ok(Response::FetchCheckpoint(o))
+        }
+        Request::Stats => {
+            let fsyncs = tokio::task::spawn_blocking(move || b.fsync_count())
+                .await
+                .unwrap_or(0);
+            Ok(Response::Stats(shared.stats.snapshot(fsyncs)))
+        }
+        Request::Hello { .. } | Request::Put { .. } => Err(ErrorResponse::new(
+            ErrorCode::Internal,
+            "handled by the connection",
+        )),
+        _ => Err(ErrorResponse::new(
+            ErrorCode::UnknownKind,
+            "request kind not served",
+        )),
+    }
+}
+
+/// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
+/// its acknowledgement.
+pub(crate) async fn submit_put(
+    shared: &Arc<Shared>,
+    stream: String,
+    records: Vec<PutRecord>,
+) -> Result<(String, SubmittedPut, u64, u64), ErrorResponse> {
+    let b = Arc::clone(&shared.broker);
+    blocking(move || {
+        let records: Vec<BrokerRecord> = records
+            .into_iter()
+            .map(|r| BrokerRecord {
+                partition_key: r.partition_key,
+                explicit_hash_key: r.explicit_hash_key,
+                value: r.value,
+            })
+            .collect();
+        let bytes: u64 = records
+            .iter()
+            .map(|r| (r.partition_key.len() + r.value.len()) as u64)
+            .sum();
+        let count = records.len() as u64;
+        let submitted = b.submit_put(&stream, &records)?;
+        Ok((stream, submitted, count, bytes))
+    })
+    .await
+}
+
+/// Waits for a submitted put's acknowledgement, then wakes the long polls of its partitions.
+pub(crate) async fn finish_put(
+    shared: &Arc<Shared>,
+    stream: String,
+    submitted: SubmittedPut,
+    count: u64,
+    bytes: u64,
+    started: Instant,
+) -> Answer {
+    let acks = blocking(move || submitted.wait()).await?;
+    let mut touched: Vec<u32> = acks.iter().map(|a| a.partition).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    for p in touched {
+        shared.notify.notify(&stream, p);
+    }
+    shared
+        .stats
+        .record_put(&stream, count, bytes, started.elapsed());
+    Ok(Response::Put(
+        acks.into_iter()
+            .map(|a| sluice_protocol::message::PutAck {
+                partition: a.partition,
+                offset: a.offset,
+            })
+            .collect(),
+    ))
+}
+
+/// A read, long-polling for up to `max_wait_ms` when there is nothing to return yet.
+async fn read(shared: Arc<Shared>, r: ReadRequest) -> Answer {
+    let b = Arc::clone(&shared.broker);
+    let wait = Duration::from_millis(u64::from(r.max_wait_ms)).min(shared.config.max_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    let (stream, partition) = (r.stream.clone(), r.partition);
+    let from = {
+        let b = Arc::clone(&b);
+        let (stream, from) = (stream.clone(), r.from);
+        blocking(move || {
+            Ok(match from {
+                ReadFrom::Offset(o) => o,
+                ReadFrom::Earliest => b.partition_bounds(&stream, partition)?.0,
+                ReadFrom::Latest => b.partition_bounds(&stream, partition)?.1,
+                ReadFrom::Timestamp(t) => match b.offset_for_timestamp(&stream, partition, t)? {
+                    Some(o) => o,
+                    None => b.partition_bounds(&stream, partition)?.1,
+                },
+            })
+        })
+        .await?
+    };
+    // Subscribe before the first read, so a put acknowledged in between still wakes us. (Only
+    // now: resolving the start checked that the partition exists, so no request can make the
+    // notifier track partitions that do not.)
+    let mut changes = shared.notify.subscribe(&stream, partition);
+    // A read answer must fit in a frame, whatever the request asks.
+    let bytes_max = (r.max_bytes as usize)
+        .min(shared.config.max_frame_bytes as usize / 2)
+        .max(1);
+    let limits = ReadLimits {
+        records_max: (r.max_records as usize).clamp(1, 100_000),
+        bytes_max,
+    };
+    loop {
+        changes.borrow_and_update();
+        let (records, (start_offset, end_offset)) = {
+            let b = Arc::clone(&b);
+            let stream = stream.clone();
+            blocking(move || {
+                let records = b.read(&stream, partition, from, limits)?;
+                let bounds = b.partition_bounds(&stream, partition)?;
+                Ok((records, bounds))
+            })
+            .await?
+        };
+        if !records.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next_offset = records.last().map_or(from, |r| r.offset + 1);
+            let bytes: u64 = records
+                .iter()
+                .map(|r| (r.key.len() + r.value.len()) as u64)
+                .sum();
+            shared
+                .stats
+                .record_read(&stream, records.len() as u64, bytes);
+            return Ok(Response::Read(ReadResponse {
+                start_offset,
+                end_offset,
+                next_offset,
+                records: records
+                    .into_iter()
+                    .map(|r| WireRecord {
+                        offset: r.offset,
+                        timestamp_ms: r.timestamp_ms,
+                        key: r.key,
+                        value: r.value,
+                    })
+                    .collect(),
+            }));
+        }
+        // Nothing yet: sleep until the partition changes, the deadline passes, or the server
+        // shuts down (the shutdown watch ends long polls early with what there is: nothing).
+        let mut shutdown = shared.shutdown_rx();
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.wait_for(|s| *s) => {
+                return Ok(Response::Read(ReadResponse { start_offset, end_offset, next_offset: from, records: Vec::new() }));
+            }
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! The server over real TCP on 127.0.0.1 with port 0, spoken to with raw protocol frames:
+//! byte-exact put/read round trips, pipelining, long polls that wake on a write, ordered
+//! pipelined puts, restarts (graceful and abrupt), the frame-size limit checked before
+//! allocating, garbage, a stalled half frame, the connection limit, checkpoints, and error codes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sluice_protocol::ErrorCode;
+use sluice_protocol::frame::{FrameHeader, HEADER_LEN};
+use sluice_protocol::message::{
+    CreateStream, ErrorResponse, PROTOCOL_VERSION, PartitionRef, PutRecord, ReadFrom, ReadRequest,
+    Request, Response,
+};
+use sluice_server::{Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ServerConfig::default()
+    }
+}
+
+/// A minimal test client: writes frames, reads frames, no pipelining logic of its own.
+struct Conn {
+    s: TcpStream,
+    buf: BytesMut,
+    next_id: u64,
+}
+
+type Answer = Result<Response, ErrorResponse>;
+
+impl Conn {
+    async fn raw(addr: SocketAddr) -> Self {
+        Self {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            next_id: 1,
+        }
+    }
+
+    async fn open(addr: SocketAddr) -> Self {
+        let mut c = Self::raw(addr).await;
+        let hello = c
+            .call(Request::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await;
+        assert_eq!(
+            hello,
+            Ok(Response::Hello {
+                version: PROTOCOL_VERSION
+            })
+        );
+        c
+    }
+
+    async fn send(&mut self, req: &Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = BytesMut::new();
+        req.encode(id, &mut out);
+        self.s.write_all(&out).await.unwrap();
+        id
+    }
+
+    /// Reads one frame; `None` when the server closed the connection.
+    async fn recv(&mut self) -> Option<(u64, Answer)> {
+        loop {
+            if let Some(h) = FrameHeader::decode(&self.buf, u32::MAX).unwrap() {
+                let total = HEADER_LEN + h.body_len as usize;
+                if self.buf.len() >= total {
+                    let mut f = self.buf.split_to(total);
+                    let body = f.split_off(HEADER_LEN).freeze();
+                    assert!(h.is_response());
+                    let answer = if h.is_error() {
+                        Err(ErrorResponse::decode(body).unwrap())
+                    } else {
+                        Ok(Response::decode(h.kind, body).unwrap())
+                    };
+                    return Some((h.correlation_id, answer));
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), self.s.read_buf(&mut self.buf))
+                .await
+                .expect("no answer within 20 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn call(&mut self, req: Request) -> Answer {
+        let id = self.send(&req).await;
+        let (got, answer) = self.recv().await.expect("connection closed");
+        assert_eq!(got, id);
+        answer
+    }
+}
+
+fn code(a: &Answer) -> Option<ErrorCode> {
+    a.as_ref().err().and_then(ErrorResponse::error_code)
+}
+
+fn create(name: &str, partitions: u32) -> Request {
+    Request::CreateStream(CreateStream {
+        name: name.into(),
+        partitions,
+        retention_ms: 24 * 3600 * 1000,
+        partition_bytes_max: None,
+        record_bytes_max: None,
+    })
+}
+
+fn rec(key: &str, value: impl Into<Bytes>) -> PutRecord {
+    PutRecord {
+        partition_key: Bytes::copy_from_slice(key.as_bytes()),
+        explicit_hash_key: None,
+        value: value.into(),
+    }
+}
+
+fn read_req(stream: &str, partition: u32, from: ReadFrom, wait_ms: u32) -> Request {
+    Request::Read(ReadRequest {
+        stream: stream.into(),
+        partition,
+        from,
+        max_records: 10_000,
+        max_bytes: 4 << 20,
+        max_wait_ms: wait_ms,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_read_are_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    assert!(c.call(create("s", 1)).await.is_ok());
+    let big: Vec<u8> = (0..(1 << 20) - 2).map(|i| (i * 7 % 251) as u8).collect();
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let records = vec![
+        rec("e", Bytes::new()),
+        rec("b", binary.clone()),
+        rec("m", big.clone()),
+    ];
+    let Ok(Response::Put(acks)) = c
+        .call(Request::Put {
+            stream: "s".into(),
+            records,
+        })
+        .await
+    else {
+        panic!("put failed")
+    };
+    assert_eq!(
+        acks.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    let Ok(Response::Read(r)) = c.call(read_req("s", 0, ReadFrom::Earliest, 0)).await else {
+        panic!("read failed")
+    };
+    assert_eq!(r.records.len(), 3);
+    assert_eq!(r.records[0].value.len(), 0);
+    assert_eq!(r.records[1].value.as_ref(), binary.as_slice());
+    assert_eq!(r.records[2].value.as_ref(), big.as_slice());
+    assert_eq!((r.start_offset, r.end_offset, r.next_offset), (0, 3, 3));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_puts_keep_their_order_and_answers_match_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("s", 4)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..100u32 {
+        let req = Request::Put {
+            stream: "s".into(),
+            records: vec![rec("same-key", i.to_le_bytes().to_vec())],
+        };
+        ids.push(c.send(&req).await);
+    }
+    let mut offsets = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let (id, answer) = c.recv().await.unwrap();
+        let Ok(Response::Put(acks)) = answer else {
+            panic!("put failed: {answer:?}")
+        };
+        offsets.insert(id, acks[0].offset);
+    }
+    // The n-th pipelined put got the n-th offset of the key's partition.
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(offsets[id], n as u64);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_when_data_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr).await;
+    c.call(create("s", 1)).await.unwrap();
+    let mut reader = Conn::open(addr).await;
+    reader
+        .send(&read_req("s", 0, ReadFrom::Latest, 20_000))
+        .await;
+    // The read is parked; a put on another connection wakes it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let put_at = Instant::now();
+    c.call(Request::Put {
+        stream: "s".into(),
+        records: vec![rec("k", "wake")],
+    })
+    .await
+    .unwrap();
+    let (_, answer) = reader.recv().await.unwrap();
+    let woke_after = put_at.elapsed();
+    let Ok(Response::Read(r)) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(r.records[0].value.as_ref(), b"wake");
+    // Well under the 20 s wait: the read was woken, not timed out.
+    assert!(
+        woke_after < Duration::from_secs(10),
+        "woke after {woke_after:?}"
+    );
+    // With nothing to read, a long poll ends at its deadline with no records.
+    let Ok(Response::Read(r)) = c.call(read_req("s", 0, ReadFrom::Offset(1), 50)).await else {
+        panic!()
+    };
+    assert!(r.records.is_empty());
+    assert_eq!(r.next_offset, 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_graceful_and_abrupt_keeps_everything_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for round in 0..4u32 {
+        let server = Server::start(dir.path(), config()).await.unwrap();
+        let mut c = Conn::open(server.local_addr()).await;
+        if round == 0 {
+            c.call(create("s", 3)).await.unwrap();
+        }
+        for i in 0..20u32 {
+            let value = format!("{round}-{i}");
+            let Ok(Response::Put(acks)) = c
+                .call(Request::Put {
+                    stream: "s".into(),
+                    records: vec![rec(&format!("k{i}"), value.clone())],
+                })
+                .await
+            else {
+                panic!()
+            };
+            expected.push((acks[0].partition, acks[0].offset, value));
+        }
+        if round % 2 == 0 {
+            server.shutdown().await.unwrap();
+        } else {
+            server.abort().await;
+        }
+    }
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    for (p, o, v) in &expected {
+        let Ok(Response::Read(r)) = c.call(read_req("s", *p, ReadFrom::Offset(*o), 0)).await else {
+            panic!()
+        };
+        assert_eq!(
+            r.records[0].value.as_ref(),
+            v.as_bytes(),
+            "partition {p} offset {o}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_length_prefix_is_refused_and_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let addr = server.local_addr();
+    let mut good = Conn::open(addr).await;
+    good.call(create("s", 1)).await.unwrap();
+    let mut bad = Conn::open(addr).await;
+    // A header announcing a 4 GiB body, and no body at all: answered from the header alone.
+    let header = FrameHeader {
+        body_len: u32::MAX,
+        kind: 6,
+        flags: 0,
+        correlation_id: 77,
+    }
+    .encode();
+    bad.s.write_all(&header).await.unwrap();
+    let (id, answer) = bad.recv().await.unwrap();
+    assert_eq!(id, 77);
+    assert_eq!(code(&answer), Some(ErrorCode::FrameTooLarge));
+    assert!(
+        bad.recv().await.is_none(),
+        "the connection is closed after broken framing"
+    );
+    // Garbage bytes: the header fails its checks and the connection closes.
+    let mut garbage = Conn::raw(addr).await;
+    garbage.s.write_all(&[0xff; 64]).await.unwrap();
+    let answer = garbage.recv().await;
+    assert!(answer.is_none() || answer.is_some_and(|(_, a)| a.is_err()));
+    // The well-behaved client never noticed.
+    assert!(
+        good.call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", "v")]
+        })
+        .await
+        .is_ok()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_inside_a_frame_is_dropped_and_blocks_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig {
+        frame_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let server = Server::start(dir.path(), cfg).await.unwrap();
+    let addr = server.local_addr();
+    let mut staller = Conn::open(addr).await;
+    let mut out = BytesMut::new();
+    Request::ListStreams.encode(5, &mut out);
+    Request::Put {
+        stream: "s".into(),
+        records: vec![rec("k", "0123456789")],
+    }
+    .encode(6, &mut out);
+    // The whole first frame and half of the second, then silence.
+    let cut = out.len() - 10;
+    staller.s.write_all(&out[..cut]).await.unwrap();
+    let (id, answer) = staller.recv().await.unwrap();
+    assert_eq!(id, 5);
+    assert!(answer.is_ok());
+    // Meanwhile another client is served at once.
+    let mut other = Conn::open(addr).await;
+    assert!(other.call(Request::ListStreams).await.is_ok());
+    // The staller is disconnected after the frame timeout.
+    assert!(staller.recv().await.is_none());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_with_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig {
+        max_connections: 2,
+        ..config()
+    };
+    let server = Server::start(dir.path(), cfg).await.unwrap();
+    let addr = server.local_addr();
+    let _a = Conn::open(addr).await;
+    let _b = Conn::open(addr).await;
+    let mut c = Conn::raw(addr).await;
+    let (_, answer) = c.recv().await.unwrap();
+    assert_eq!(code(&answer), Some(ErrorCode::Busy));
+    assert!(c.recv().await.is_none());
+    drop(_a);
+    // A freed slot is usable again (the server notices the close asynchronously).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = Conn::raw(addr).await;
+        let id = d
+            .send(&Request::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await;
+        match d.recv().await {
+            Some((got, Ok(_))) if got == id => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("slot never freed: {other:?}"),
+        }
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_round_trip_and_every_error_code_is_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let addr = server.local_addr();
+    let mut seen = std::collections::HashSet::new();
+
+    // Before the handshake.
+    let mut pre = Conn::raw(addr).await;
+    seen.extend(code(&pre.call(Request::ListStreams).await));
+    let mut old = Conn::raw(addr).await;
+    seen.extend(code(&old.call(Request::Hello { version: 99 }).await));
+
+    let mut c = Conn::open(addr).await;
+    c.call(create("s", 2)).await.unwrap();
+    let target = |p| PartitionRef {
+        stream: "s".into(),
+        partition: p,
+    };
+    let acks = match c
+        .call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", "v")],
+        })
+        .await
+    {
+        Ok(Response::Put(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    let p = acks[0].partition;
+    assert_eq!(
+        c.call(Request::FetchCheckpoint {
+            group: "g".into(),
+            target: target(p)
+        })
+        .await,
+        Ok(Response::FetchCheckpoint(None))
+    );
+    assert_eq!(
+        c.call(Request::CommitCheckpoint {
+            group: "g".into(),
+            target: target(p),
+            offset: 1
+        })
+        .await,
+        Ok(Response::CommitCheckpoint)
+    );
+    assert_eq!(
+        c.call(Request::FetchCheckpoint {
+            group: "g".into(),
+            target: target(p)
+        })
+        .await,
+        Ok(Response::FetchCheckpoint(Some(1)))
+    );
+
+    let put = |records: Vec<PutRecord>| Request::Put {
+        stream: "s".into(),
+        records,
+    };
+    let attempts: Vec<Request> = vec![
+        create("../x", 1),
+        create("s", 1),
+        Request::DescribeStream {
+            name: "nope".into(),
+        },
+        read_req("s", 9, ReadFrom::Earliest, 0),
+        create("y", 0),
+        put(vec![rec("", "v")]),
+        put(vec![PutRecord {
+            explicit_hash_key: Some(0),
+            ..rec(&"k".repeat(300), "v")
+        }]),
+        put(vec![rec("k", vec![0u8; (1 << 20) + 1])]),
+        put(vec![]),
+        put(vec![rec("k", "v"); 501]),
+        put(vec![rec("k", vec![0u8; 600 << 10]); 9]),
+        Request::Split {
+            target: target(0),
+            at: Some(0),
+        },
+        Request::Merge {
+            stream: "s".into(),
+            a: 0,
+            b: 0,
+        },
+        read_req("s", p, ReadFrom::Offset(999), 0),
+        Request::CommitCheckpoint {
+            group: "g".into(),
+            target: target(p),
+            offset: 99,
+        },
+    ];
+    for req in attempts {
+        seen.extend(code(&c.call(req).await));
+    }
+    // A closed partition refuses to split again.
+    let Ok(Response::Split(_)) = c
+        .call(Request::Split {
+            target: target(0),
+            at: None,
+        })
+        .await
+    else {
+        panic!()
+    };
+    seen.extend(code(
+        &c.call(Request::Split {
+            target: target(0),
+            at: None,
+        })
+        .await,
+    ));
+    // An unknown kind and an undecodable body keep the connection.
+    let mut out = BytesMut::new();
+    sluice_protocol::frame::encode_frame(&mut out, 999, 0, 4242, |_| {});
+    sluice_protocol::frame::encode_frame(&mut out, 5, 0, 4243, |b| b.extend_from_slice(&[0xff; 3]));
+    c.s.write_all(&out).await.unwrap();
+    for _ in 0..2 {
+        let (_, a) = c.recv().await.unwrap();
+        seen.extend(code(&a));
+    }
+    // The partition limit.
+    let mut tight = {
+        let dir2 = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig {
+            broker: sluice_broker::BrokerOptions {
+                partitions_max: 1,
+                ..Default::default()
+            },
+            ..config()
+        };
+        let s2 = Server::start(dir2.path(), cfg).await.unwrap();
+        let mut c2 = Conn::open(s2.local_addr()).await;
+        c2.call(create("t", 1)).await.unwrap();
+        seen.extend(code(
+            &c2.call(Request::Split {
+                target: PartitionRef {
+                    stream: "t".into(),
+                    partition: 0,
+                },
+                at: None,
+            })
+            .await,
+        ));
+        s2.shutdown().await.unwrap();
+        Conn::raw(addr).await
+    };
+    // Oversized frame.
+    tight
+        .s
+        .write_all(
+            &FrameHeader {
+                body_len: u32::MAX,
+                kind: 6,
+                flags: 0,
+                correlation_id: 1,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+    seen.extend(code(&tight.recv().await.unwrap().1));
+
+    let expected = [
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::MalformedRequest,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnknownKind,
+        ErrorCode::HandshakeRequired,
+        ErrorCode::InvalidName,
+        ErrorCode::StreamExists,
+        ErrorCode::StreamNotFound,
+        ErrorCode::PartitionNotFound,
+        ErrorCode::InvalidConfig,
+        ErrorCode::InvalidPartitionKey,
+        ErrorCode::RecordTooLarge,
+        ErrorCode::EmptyPut,
+        ErrorCode::TooManyRecords,
+        ErrorCode::PutTooLarge,
+        ErrorCode::PartitionClosed,
+        ErrorCode::InvalidSplitKey,
+        ErrorCode::NotAdjacent,
+        ErrorCode::TooManyPartitions,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::CheckpointBeyondEnd,
+    ];
+    for e in expected {
+        assert!(seen.contains(&e), "{e:?} was never answered; saw {seen:?}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_failures_and_corruption_are_typed_errors() {
+    use sluice_log::io::sim::SimFs;
+    use std::sync::Arc;
+
+    // A failed fsync: the put is refused with StorageUnavailable, never acknowledged.
+    let fs = SimFs::new();
+    let broker =
+        sluice_broker::Broker::open_with_fs(Arc::new(fs.clone()), "/data", Default::default())
+            .unwrap();
+    let server = Server::start_with_broker(broker, config()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("s", 1)).await.unwrap();
+    fs.fail_sync_after(0, std::io::ErrorKind::Other);
+    let answer = c
+        .call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", "v")],
+        })
+        .await;
+    assert_eq!(code(&answer), Some(ErrorCode::StorageUnavailable));
+    server.abort().await;
+
+    // Damage in a sealed segment: reads of it are refused with Corruption, not served.
+    let dir = tempfile::tempdir().unwrap();
+    let small = || ServerConfig {
+        broker: sluice_broker::BrokerOptions {
+            log: sluice_log::LogOptions::default().segment_bytes_max(4096),
+            ..Default::default()
+        },
+        ..config()
+    };
+    let server = Server::start(dir.path(), small()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("s", 1)).await.unwrap();
+    for i in 0..20u32 {
+        c.call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", vec![i as u8; 1000])],
+        })
+        .await
+        .unwrap();
+    }
+    server.shutdown().await.unwrap();
+    let seg = dir.path().join("streams/s.0/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&seg, bytes).unwrap();
+    let server = Server::start(dir.path(), small()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    let answer = c.call(read_req("s", 0, ReadFrom::Offset(0), 0)).await;
+    assert_eq!(code(&answer), Some(ErrorCode::Corruption));
+    server.shutdown().await.unwrap();
+}
