@@ -703,14 +703,24 @@ impl Broker {
         Ok((p.log.start_offset(), s.end_offset(partition, p)))
     }
 
-    /// `fdatasync` calls on partition data since the broker opened, across all partitions.
-    pub fn fsync_count(&self) -> u64 {
-        self.snapshot()
+    /// `fdatasync` calls on partition data since the broker opened, across all partitions, and
+    /// their latencies in power-of-two buckets of microseconds (as in [`sluice_log::LogStats`]).
+    pub fn fsync_stats(&self) -> (u64, [u64; sluice_log::LATENCY_BUCKETS]) {
+        let mut count = 0;
+        let mut buckets = [0u64; sluice_log::LATENCY_BUCKETS];
+        for p in self
+            .snapshot()
             .streams
             .values()
             .flat_map(|s| s.partitions.values())
-            .map(|p| p.log.stats().fsyncs)
-            .sum()
+        {
+            let st = p.log.stats();
+            count += st.fsyncs;
+            for (sum, b) in buckets.iter_mut().zip(st.fsync_latency_buckets) {
+                *sum += b;
+            }
+        }
+        (count, buckets)
     }
 
     /// First offset at or after `timestamp_ms` in a partition, `None` if every record is older.

@@ -44,7 +44,7 @@ mod segment;
 
 pub use error::{CorruptionKind, Error, Result};
 pub use format::batch::StoredRecord;
-pub use log::{Log, LogStats, Record, RetentionOutcome, Written};
+pub use log::{LATENCY_BUCKETS, Log, LogStats, Record, RetentionOutcome, Written};
 pub use options::{
     Clock, FsyncPolicy, LogOptions, ReadLimits, RecoveryMode, RetentionPolicy, SystemClock,
 };

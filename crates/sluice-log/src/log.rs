@@ -59,6 +59,14 @@ pub struct RetentionOutcome {
     pub start_offset: u64,
 }
 
+/// Number of fsync-latency buckets in [`LogStats`]: up to 2^31 µs, about 36 minutes.
+pub const LATENCY_BUCKETS: usize = 32;
+
+/// The bucket of a latency in microseconds: the position of its highest set bit.
+fn latency_bucket(us: u64) -> usize {
+    (63 - us.max(1).leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
+}
+
 /// Counters of a log since it was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
@@ -68,6 +76,9 @@ pub struct LogStats {
     pub records_appended: u64,
     /// `fdatasync` calls on segment data (group commits, rolls and explicit syncs).
     pub fsyncs: u64,
+    /// How long those took: bucket `i` counts fsyncs of `[2^i, 2^(i+1))` microseconds (bucket 0
+    /// also holds those under a microsecond, the last everything longer).
+    pub fsync_latency_buckets: [u64; LATENCY_BUCKETS],
     /// Segments rolled.
     pub rolls: u64,
 }
@@ -108,6 +119,8 @@ struct Shared {
     appends: AtomicU64,
     records_appended: AtomicU64,
     fsyncs: AtomicU64,
+    /// fsync latencies in power-of-two buckets of microseconds (see [`LogStats`]).
+    fsync_latency: [AtomicU64; LATENCY_BUCKETS],
     rolls: AtomicU64,
     /// Wakes the interval flusher early when the log closes.
     stop: (Mutex<bool>, Condvar),
@@ -165,6 +178,7 @@ impl Log {
             appends: AtomicU64::new(0),
             records_appended: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            fsync_latency: std::array::from_fn(|_| AtomicU64::new(0)),
             rolls: AtomicU64::new(0),
             stop: (Mutex::new(false), Condvar::new()),
         });
@@ -296,6 +310,11 @@ impl Log {
             appends: s.appends.load(Ordering::Relaxed),
             records_appended: s.records_appended.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            fsync_latency_buckets: std::array::from_fn(|i| {
+                s.fsync_latency
+                    .get(i)
+                    .map_or(0, |b| b.load(Ordering::Relaxed))
+            }),
             rolls: s.rolls.load(Ordering::Relaxed),
         }
     }
@@ -558,11 +577,7 @@ impl Shared {
     /// fsync poisons the log; a failure to create the new segment leaves the old one active.
     fn roll(&self, st: &mut State) -> Result<()> {
         let a = &st.active;
-        if let Err(e) = a.file.sync_data() {
-            self.set_poison(format!("fsync of {} failed: {e}", a.path.display()));
-            return Err(Error::io(&a.path, e));
-        }
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_data(&*a.file, &a.path)?;
         let mut index = a.index.clone();
         index.finish();
         write_indexes(&*self.fs, &self.dir, a.base_offset, &index)?;
@@ -634,14 +649,25 @@ impl Shared {
                 st.active.next_offset,
             )
         };
+        self.fsync_data(&*file, &path)?;
+        Ok(end)
+    }
+
+    /// `fdatasync` of segment data, counted and timed. A failure poisons the log: never retry,
+    /// since after a failed fsync the kernel may have dropped the dirty pages, so a later fsync
+    /// could succeed without the data ("fsyncgate").
+    fn fsync_data(&self, file: &dyn crate::io::FileHandle, path: &Path) -> Result<()> {
+        let started = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
-            // Never retry: after a failed fsync the kernel may have dropped the dirty pages, so
-            // a later fsync could succeed without the data ("fsyncgate").
             self.set_poison(format!("fsync of {} failed: {e}", path.display()));
             return Err(Error::io(path, e));
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        Ok(end)
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(b) = self.fsync_latency.get(latency_bucket(us)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Finds the segment holding `offset` and where to start reading it.

@@ -91,6 +91,11 @@ fn eight_appenders_share_fsyncs_and_lose_nothing() {
     }
     let stats = log.stats();
     assert_eq!(stats.appends, THREADS * APPENDS);
+    assert_eq!(
+        stats.fsync_latency_buckets.iter().sum::<u64>(),
+        stats.fsyncs,
+        "every fsync is timed"
+    );
     assert!(
         stats.fsyncs < stats.appends,
         "group commit: {} fsyncs for {} appends",

@@ -231,6 +231,12 @@ pub struct ServerStats {
     pub puts: u64,
     /// `fdatasync` calls on partition data since start.
     pub fsyncs: u64,
+    /// fsync latency, microseconds, 50th percentile (the upper bound of a power-of-two bucket).
+    pub fsync_latency_us_p50: u64,
+    /// 99th percentile, same resolution.
+    pub fsync_latency_us_p99: u64,
+    /// Upper bound of the slowest fsync's bucket.
+    pub fsync_latency_us_max: u64,
     /// Put latency (request decoded to acknowledgement ready), microseconds: 50th percentile.
     pub put_latency_us_p50: u64,
     /// 99th percentile.

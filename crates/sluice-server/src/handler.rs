@@ -112,9 +112,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
             Ok(Response::FetchCheckpoint(o))
         }
         Request::Stats => {
-            let fsyncs = tokio::task::spawn_blocking(move || b.fsync_count())
+            let fsyncs = tokio::task::spawn_blocking(move || b.fsync_stats())
                 .await
-                .unwrap_or(0);
+                .unwrap_or((0, [0; sluice_log::LATENCY_BUCKETS]));
             Ok(Response::Stats(shared.stats.snapshot(fsyncs)))
         }
         Request::Hello { .. } | Request::Put { .. } => Err(ErrorResponse::new(

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use sluice_log::LATENCY_BUCKETS;
 use sluice_protocol::message::{ServerStats, StreamStats};
 
 #[derive(Debug)]
@@ -70,9 +71,15 @@ impl Stats {
         }
     }
 
-    pub fn snapshot(&self, fsyncs: u64) -> ServerStats {
+    pub fn snapshot(&self, (fsyncs, buckets): (u64, [u64; LATENCY_BUCKETS])) -> ServerStats {
         let h = self.put_latency.lock().unwrap_or_else(|e| e.into_inner());
         ServerStats {
+            fsync_latency_us_p50: bucket_quantile(&buckets, 0.5),
+            fsync_latency_us_p99: bucket_quantile(&buckets, 0.99),
+            fsync_latency_us_max: buckets
+                .iter()
+                .rposition(|n| *n > 0)
+                .map_or(0, bucket_upper_us),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
@@ -89,5 +96,45 @@ impl Stats {
                 .cloned()
                 .collect(),
         }
+    }
+}
+
+/// The exclusive upper bound, in microseconds, of power-of-two bucket `i`.
+fn bucket_upper_us(i: usize) -> u64 {
+    1u64.checked_shl(u32::try_from(i + 1).unwrap_or(u32::MAX))
+        .unwrap_or(u64::MAX)
+}
+
+/// The upper bound of the bucket holding quantile `q` of the counts.
+fn bucket_quantile(buckets: &[u64], q: f64) -> u64 {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    // The rank of the quantile, at least 1: the smallest bucket whose running count reaches it.
+    let rank = ((total as f64 * q).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return bucket_upper_us(i);
+        }
+    }
+    bucket_upper_us(buckets.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_quantiles() {
+        let mut b = [0u64; LATENCY_BUCKETS];
+        assert_eq!(bucket_quantile(&b, 0.5), 0);
+        b[3] = 98; // 8..16 us
+        b[10] = 2; // 1024..2048 us
+        assert_eq!(bucket_quantile(&b, 0.5), 16);
+        assert_eq!(bucket_quantile(&b, 0.98), 16);
+        assert_eq!(bucket_quantile(&b, 0.99), 2048);
     }
 }

@@ -638,3 +638,100 @@ async fn storage_failures_and_corruption_are_typed_errors() {
     assert_eq!(code(&answer), Some(ErrorCode::Corruption));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_producers_keep_per_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let addr = server.local_addr();
+    Conn::open(addr).await.call(create("s", 4)).await.unwrap();
+    let producers: Vec<_> = (0..100u32)
+        .map(|p| {
+            tokio::spawn(async move {
+                let mut c = Conn::open(addr).await;
+                // Each producer pipelines its puts, one key per producer, 10 sequence numbers.
+                for seq in 0..10u32 {
+                    let value = format!("{p}:{seq}");
+                    c.send(&Request::Put {
+                        stream: "s".into(),
+                        records: vec![rec(&format!("producer-{p}"), value)],
+                    })
+                    .await;
+                }
+                for _ in 0..10 {
+                    let (_, answer) = c.recv().await.unwrap();
+                    assert!(matches!(answer, Ok(Response::Put(_))), "{answer:?}");
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let mut c = Conn::open(addr).await;
+    let mut by_key: std::collections::BTreeMap<Vec<u8>, Vec<u32>> = Default::default();
+    let mut total = 0;
+    for partition in 0..4 {
+        let Ok(Response::Read(r)) = c
+            .call(read_req("s", partition, ReadFrom::Earliest, 0))
+            .await
+        else {
+            panic!()
+        };
+        total += r.records.len();
+        for rec in r.records {
+            let v = String::from_utf8(rec.value.to_vec()).unwrap();
+            let seq: u32 = v.split(':').nth(1).unwrap().parse().unwrap();
+            by_key.entry(rec.key.to_vec()).or_default().push(seq);
+        }
+    }
+    assert_eq!(total, 1000);
+    assert_eq!(by_key.len(), 100);
+    for (key, seqs) in by_key {
+        assert_eq!(
+            seqs,
+            (0..10).collect::<Vec<_>>(),
+            "key {:?}",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_traffic_fsyncs_and_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("s", 2)).await.unwrap();
+    for _ in 0..5 {
+        c.call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", "12345"), rec("j", "")],
+        })
+        .await
+        .unwrap();
+    }
+    c.call(read_req("s", 0, ReadFrom::Earliest, 0))
+        .await
+        .unwrap();
+    c.call(read_req("s", 1, ReadFrom::Earliest, 0))
+        .await
+        .unwrap();
+    let Ok(Response::Stats(st)) = c.call(Request::Stats).await else {
+        panic!()
+    };
+    assert_eq!(st.connections_open, 1);
+    assert!(st.connections_total >= 1);
+    assert_eq!(st.puts, 5);
+    assert!(
+        st.fsyncs >= 5,
+        "every acknowledged put under fsync=always was fsynced"
+    );
+    assert!(st.fsync_latency_us_p50 > 0 && st.fsync_latency_us_p99 >= st.fsync_latency_us_p50);
+    assert!(st.put_latency_us_p50 > 0 && st.put_latency_us_max >= st.put_latency_us_p99);
+    let s = st.streams.iter().find(|s| s.name == "s").unwrap();
+    assert_eq!((s.records_in, s.bytes_in), (10, 5 * (1 + 5 + 1)));
+    assert_eq!((s.records_out, s.bytes_out), (10, 5 * (1 + 5 + 1)));
+    server.shutdown().await.unwrap();
+}
