@@ -566,16 +566,19 @@ fn server_stats() -> impl Strategy<Value = ServerStats> {
         records_out: ro,
         bytes_out: bo,
     });
-    (any::<[u64; 8]>(), proptest::collection::vec(stream, 0..4)).prop_map(|(n, streams)| {
+    (any::<[u64; 11]>(), proptest::collection::vec(stream, 0..4)).prop_map(|(n, streams)| {
         ServerStats {
             uptime_ms: n[0],
             connections_open: n[1],
             connections_total: n[2],
             puts: n[3],
             fsyncs: n[4],
-            put_latency_us_p50: n[5],
-            put_latency_us_p99: n[6],
-            put_latency_us_max: n[7],
+            fsync_latency_us_p50: n[5],
+            fsync_latency_us_p99: n[6],
+            fsync_latency_us_max: n[7],
+            put_latency_us_p50: n[8],
+            put_latency_us_p99: n[9],
+            put_latency_us_max: n[10],
             streams,
         }
     })
