@@ -24,6 +24,10 @@ pub struct ServerConfig {
     /// Most requests of one connection being processed at once; past that the server stops
     /// reading from that connection until one finishes. Default: 64.
     pub max_in_flight_per_connection: usize,
+    /// A connection on which no frame starts for this long is closed, so clients that vanished
+    /// without closing (half-open connections) do not hold connection slots forever. Default:
+    /// 10 minutes (Kafka's `connections.max.idle.ms`).
+    pub idle_timeout: Duration,
     /// Longest long-poll wait a read may ask for; longer asks are cut to this. Default: 30 s.
     pub max_wait: Duration,
     /// Once a frame has started arriving, the rest must arrive within this, or the connection is
@@ -43,6 +47,7 @@ impl Default for ServerConfig {
             max_frame_bytes: 8 << 20,
             max_connections: 1024,
             max_in_flight_per_connection: 64,
+            idle_timeout: Duration::from_secs(600),
             max_wait: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
             retention_interval: Duration::from_secs(60),

@@ -47,8 +47,8 @@ enum ReadOutcome {
     Abort(Option<(u16, u64, ErrorResponse)>),
 }
 
-/// Reads one frame. Waiting for a frame to *start* has no limit (an idle client is fine), but
-/// once its first byte is in, the rest must come within `frame_timeout`.
+/// Reads one frame. A frame must start within `idle_timeout`, and once its first byte is in, the
+/// rest must come within `frame_timeout`.
 async fn read_frame(shared: &Shared, rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> ReadOutcome {
     let max = shared.config.max_frame_bytes;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -79,18 +79,18 @@ async fn read_frame(shared: &Shared, rd: &mut OwnedReadHalf, buf: &mut BytesMut)
                 return ReadOutcome::Abort(Some((kind, id, e)));
             }
         }
-        if !buf.is_empty() && deadline.is_none() {
-            deadline = Some(tokio::time::Instant::now() + shared.config.frame_timeout);
-        }
-        let read = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, rd.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    debug!("closing a connection that stalled inside a frame");
-                    return ReadOutcome::Abort(None);
-                }
-            },
-            None => rd.read_buf(buf).await,
+        let now = tokio::time::Instant::now();
+        let limit = if buf.is_empty() {
+            now + shared.config.idle_timeout
+        } else {
+            *deadline.get_or_insert(now + shared.config.frame_timeout)
+        };
+        let read = match tokio::time::timeout_at(limit, rd.read_buf(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                debug!("closing a connection that stalled or went idle");
+                return ReadOutcome::Abort(None);
+            }
         };
         match read {
             Ok(0) if buf.is_empty() => return ReadOutcome::Closed,

@@ -355,6 +355,15 @@ async fn a_client_that_stalls_inside_a_frame_is_dropped_and_blocks_nobody() {
     // The staller is disconnected after the frame timeout.
     assert!(staller.recv().await.is_none());
     server.shutdown().await.unwrap();
+
+    // A client that goes silent between frames is let go after the idle timeout.
+    let cfg = ServerConfig { idle_timeout: Duration::from_millis(300), ..config() };
+    let server = Server::start(dir.path(), cfg).await.unwrap();
+    let mut idle = Conn::open(server.local_addr()).await;
+    let since = Instant::now();
+    assert!(idle.recv().await.is_none());
+    assert!(since.elapsed() >= Duration::from_millis(250));
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
