@@ -357,7 +357,10 @@ async fn a_client_that_stalls_inside_a_frame_is_dropped_and_blocks_nobody() {
     server.shutdown().await.unwrap();
 
     // A client that goes silent between frames is let go after the idle timeout.
-    let cfg = ServerConfig { idle_timeout: Duration::from_millis(300), ..config() };
+    let cfg = ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    };
     let server = Server::start(dir.path(), cfg).await.unwrap();
     let mut idle = Conn::open(server.local_addr()).await;
     let since = Instant::now();
