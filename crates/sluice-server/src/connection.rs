@@ -117,6 +117,16 @@ fn encode_answer(kind: u16, id: u64, answer: Result<Response, ErrorResponse>) ->
     out.freeze()
 }
 
+/// A task that is aborted if the connection's future is dropped (by `Server::abort`), so no
+/// part of a connection outlives it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct PendingPut {
     id: u64,
     stream: String,
@@ -134,22 +144,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
 
     // The writer: sends answers as they come. A client that stops reading fills its socket
     // buffer, this task stalls, and the bounded channel and the in-flight limit stop the reader.
-    let writer = tokio::spawn(async move {
+    let mut writer = AbortOnDrop(tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
             if wr.write_all(&frame).await.is_err() {
                 break;
             }
         }
         let _ = wr.shutdown().await;
-    });
+    }));
 
     // The put lane: writes puts in arrival order, then lets their acknowledgements overlap.
     let (put_tx, mut put_rx) =
         mpsc::channel::<PendingPut>(shared.config.max_in_flight_per_connection);
-    let lane = {
+    let mut lane = {
         let shared = Arc::clone(&shared);
         let out_tx = out_tx.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut acks = tokio::task::JoinSet::new();
             while let Some(p) = put_rx.recv().await {
                 let submitted = handler::submit_put(&shared, p.stream, p.records).await;
@@ -170,7 +180,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 while acks.try_join_next().is_some() {}
             }
             while acks.join_next().await.is_some() {}
-        })
+        }))
     };
 
     let mut buf = BytesMut::with_capacity(64 << 10);
@@ -282,9 +292,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     }
     // Finish what was taken: every request read is answered before the connection closes.
     drop(put_tx);
-    let _ = lane.await;
+    let _ = (&mut lane.0).await;
     while requests.join_next().await.is_some() {}
     drop(out_tx);
-    let _ = writer.await;
+    let _ = (&mut writer.0).await;
     debug!(%peer, "connection closed");
 }

@@ -747,3 +747,52 @@ async fn stats_count_traffic_fsyncs_and_connections() {
     assert_eq!((s.records_out, s.bytes_out), (10, 5 * (1 + 5 + 1)));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_stalls_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ServerConfig {
+        max_in_flight_per_connection: 4,
+        ..config()
+    };
+    let server = Server::start(dir.path(), cfg).await.unwrap();
+    let addr = server.local_addr();
+    let mut c = Conn::open(addr).await;
+    c.call(create("s", 1)).await.unwrap();
+    let value = vec![7u8; 512 << 10];
+    for _ in 0..8 {
+        c.call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", value.clone())],
+        })
+        .await
+        .unwrap();
+    }
+    // A client that asks for megabytes of reads, again and again, and never reads a byte back:
+    // its socket buffers fill, then its in-flight limit, then the server stops reading it.
+    let mut slow = Conn::open(addr).await;
+    let mut out = BytesMut::new();
+    for i in 0..200u64 {
+        read_req("s", 0, ReadFrom::Earliest, 0).encode(1000 + i, &mut out);
+    }
+    let writer = tokio::spawn(async move {
+        // This write blocks once the server stops reading; it is abandoned at the end.
+        let _ = slow.s.write_all(&out).await;
+        slow
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Everyone else is served normally meanwhile.
+    for i in 0..20u32 {
+        let answer = c
+            .call(Request::Put {
+                stream: "s".into(),
+                records: vec![rec("k", i.to_le_bytes().to_vec())],
+            })
+            .await;
+        assert!(matches!(answer, Ok(Response::Put(_))));
+    }
+    let mut fresh = Conn::open(addr).await;
+    assert!(fresh.call(Request::ListStreams).await.is_ok());
+    writer.abort();
+    server.abort().await;
+}
