@@ -179,10 +179,7 @@ async fn produce(
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    config = sluice_benches::criterion_config(Duration::from_secs(4));
     targets = e2e
 }
 criterion_main!(benches);

@@ -132,10 +132,7 @@ fn recovery(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = sluice_benches::criterion_config(Duration::from_secs(3));
     targets = recovery
 }
 criterion_main!(benches);

@@ -196,3 +196,12 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// The criterion settings every benchmark here uses: ten samples over `measurement` after a
+/// one-second warm-up, so the whole suite runs in minutes on a small machine.
+pub fn criterion_config(measurement: std::time::Duration) -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(measurement)
+}
