@@ -1,0 +1,61 @@
+//! The `sluice` command: run the broker (`serve`), manage streams, put and read records, and
+//! inspect or verify data files of a stopped server. Its output is an interface: with `--json`
+//! every result is printed as JSON lines in the shapes of `docs/operations.md`.
+
+mod client_cmds;
+mod inspect;
+mod output;
+mod serve;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sluice: a durable, disk-backed, partitioned log broker.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+struct Cli {
+    /// Address of the Sluice server to talk to.
+    #[arg(long, global = true, env = "SLUICE_SERVER", default_value = "127.0.0.1:7070")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker on a data directory.
+    Serve(serve::Args),
+    /// Create, list, describe, delete, split and merge streams, and change their retention.
+    #[command(subcommand)]
+    Stream(client_cmds::StreamCommand),
+    /// Append records to a stream: one from the arguments, or one per line of standard input.
+    Put(client_cmds::PutArgs),
+    /// Read records of a partition, from the start, the end, an offset or a time.
+    Read(client_cmds::ReadArgs),
+    /// Show what a segment or index file holds (works on a stopped server's files).
+    Inspect(inspect::Args),
+    /// Check every checksum and index under a data directory; exit 1 on any damage.
+    Verify(verify::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Stream(cmd) => client_cmds::run_stream(&cli.server, cmd),
+        Command::Put(args) => client_cmds::run_put(&cli.server, args),
+        Command::Read(args) => client_cmds::run_read(&cli.server, args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
