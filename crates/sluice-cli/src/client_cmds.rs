@@ -155,8 +155,11 @@ fn client_err(e: ClientError) -> Box<dyn std::error::Error> {
 }
 
 fn retention_ms(text: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| fail(format!("retention {text:?} is not a duration (like 24h or 7d): {e}")))?;
+    let d = humantime::parse_duration(text).map_err(|e| {
+        fail(format!(
+            "retention {text:?} is not a duration (like 24h or 7d): {e}"
+        ))
+    })?;
     Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -193,7 +196,11 @@ fn describe_text(out: &mut impl Write, s: &StreamInfo) -> std::io::Result<()> {
         let parents = if p.parents.is_empty() {
             "-".to_string()
         } else {
-            p.parents.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            p.parents
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         };
         writeln!(
             out,
@@ -235,7 +242,12 @@ pub fn run_stream(server: &str, cmd: StreamCommand) -> CmdResult {
                 if json {
                     json_line(&mut out, &describe_json(&s))?;
                 } else {
-                    writeln!(out, "created stream {} with {} partitions", s.name, s.partitions.len())?;
+                    writeln!(
+                        out,
+                        "created stream {} with {} partitions",
+                        s.name,
+                        s.partitions.len()
+                    )?;
                 }
             }
             StreamCommand::List { json } => {
@@ -275,7 +287,10 @@ pub fn run_stream(server: &str, cmd: StreamCommand) -> CmdResult {
                     .map_err(|e| fail(e.to_string()))?;
                 let children = c.split(&name, partition, at).await.map_err(client_err)?;
                 if json {
-                    json_line(&mut out, &json!({ "parent": partition, "children": children }))?;
+                    json_line(
+                        &mut out,
+                        &json!({ "parent": partition, "children": children }),
+                    )?;
                 } else {
                     writeln!(
                         out,
@@ -356,7 +371,10 @@ pub fn run_put(server: &str, args: PutArgs) -> CmdResult {
                 explicit_hash_key: hash_key,
                 value: Bytes::from(value.clone()),
             };
-            let acks = c.put(&args.stream, vec![record]).await.map_err(client_err)?;
+            let acks = c
+                .put(&args.stream, vec![record])
+                .await
+                .map_err(client_err)?;
             for a in acks {
                 ack_line(&mut out, a.partition, a.offset)?;
             }
@@ -522,7 +540,10 @@ mod tests {
 
     #[test]
     fn read_positions() {
-        assert!(matches!(parse_from("earliest").unwrap(), ReadFrom::Earliest));
+        assert!(matches!(
+            parse_from("earliest").unwrap(),
+            ReadFrom::Earliest
+        ));
         assert!(matches!(parse_from("latest").unwrap(), ReadFrom::Latest));
         assert!(matches!(parse_from("42").unwrap(), ReadFrom::Offset(42)));
         assert!(matches!(

@@ -17,7 +17,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "sluice", version, about, propagate_version = true)]
 struct Cli {
     /// Address of the Sluice server to talk to.
-    #[arg(long, global = true, env = "SLUICE_SERVER", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SERVER",
+        default_value = "127.0.0.1:7070"
+    )]
     server: String,
     #[command(subcommand)]
     command: Command,

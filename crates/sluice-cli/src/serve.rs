@@ -64,8 +64,11 @@ struct FileConfig {
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, Box<dyn std::error::Error>> {
-    humantime::parse_duration(text)
-        .map_err(|e| fail(format!("{key}: {text:?} is not a duration (like 100ms, 30s, 1h): {e}")))
+    humantime::parse_duration(text).map_err(|e| {
+        fail(format!(
+            "{key}: {text:?} is not a duration (like 100ms, 30s, 1h): {e}"
+        ))
+    })
 }
 
 /// Parses `always`, `never` or `interval:<duration>`.
@@ -126,17 +129,32 @@ fn resolve(args: &Args) -> Result<(PathBuf, ServerConfig, String), Box<dyn std::
         log = log.index_interval_bytes(i);
     }
     config.broker.log = log;
-    let set_dur = |key: &str, v: &Option<String>, slot: &mut Duration| -> Result<(), Box<dyn std::error::Error>> {
+    let set_dur = |key: &str,
+                   v: &Option<String>,
+                   slot: &mut Duration|
+     -> Result<(), Box<dyn std::error::Error>> {
         if let Some(t) = v {
             *slot = duration(key, t)?;
         }
         Ok(())
     };
     set_dur("max_wait", &file.max_wait, &mut config.max_wait)?;
-    set_dur("frame_timeout", &file.frame_timeout, &mut config.frame_timeout)?;
+    set_dur(
+        "frame_timeout",
+        &file.frame_timeout,
+        &mut config.frame_timeout,
+    )?;
     set_dur("idle_timeout", &file.idle_timeout, &mut config.idle_timeout)?;
-    set_dur("retention_interval", &file.retention_interval, &mut config.retention_interval)?;
-    set_dur("shutdown_timeout", &file.shutdown_timeout, &mut config.shutdown_timeout)?;
+    set_dur(
+        "retention_interval",
+        &file.retention_interval,
+        &mut config.retention_interval,
+    )?;
+    set_dur(
+        "shutdown_timeout",
+        &file.shutdown_timeout,
+        &mut config.shutdown_timeout,
+    )?;
     if let Some(n) = file.max_connections {
         config.max_connections = n;
     }
@@ -178,11 +196,16 @@ pub fn run(args: Args) -> CmdResult {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = Server::start(&data, config).await.map_err(|e| fail(e.to_string()))?;
+        let server = Server::start(&data, config)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let addr = server.local_addr();
         let mut out = std::io::stdout().lock();
         if args.json {
-            json_line(&mut out, &serde_json::json!({"listening": {"native": addr.to_string()}}))?;
+            json_line(
+                &mut out,
+                &serde_json::json!({"listening": {"native": addr.to_string()}}),
+            )?;
         } else {
             writeln!(
                 out,
