@@ -19,6 +19,7 @@
 //! - `scan`: chunked reading and checking of batches.
 //! - `segment`: sealed and active segments, index building and checking, recovery.
 //! - `log`: [`Log`] itself: append with group commit, reads, time seek, rolling, retention.
+//! - [`verify`]: offline checks of every byte of a stopped log's files, for operators' tools.
 //!
 //! # Example
 //! ```
@@ -41,6 +42,7 @@ mod log;
 pub mod options;
 mod scan;
 mod segment;
+pub mod verify;
 
 pub use error::{CorruptionKind, Error, Result};
 pub use format::batch::StoredRecord;
