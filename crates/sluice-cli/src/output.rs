@@ -25,7 +25,7 @@ pub fn fail(msg: impl Into<String>) -> Box<dyn std::error::Error> {
 }
 
 /// Whether an error is a write to a closed pipe, which ends a command quietly.
-pub fn is_broken_pipe(e: &Box<dyn std::error::Error>) -> bool {
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<io::Error>()
         .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }

@@ -106,12 +106,15 @@ fn resolve(args: &Args) -> Result<(PathBuf, ServerConfig, String), Box<dyn std::
         .clone()
         .or(file.data)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let mut config = ServerConfig::default();
-    config.listen = match args.listen.or(file.listen) {
+    let listen = match args.listen.or(file.listen) {
         Some(a) => a,
         None => DEFAULT_LISTEN
             .parse()
             .map_err(|_| fail("bad default listen address"))?,
+    };
+    let mut config = ServerConfig {
+        listen,
+        ..ServerConfig::default()
     };
     let fsync_text = args
         .fsync
