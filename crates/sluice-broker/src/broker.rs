@@ -901,6 +901,7 @@ impl Broker {
         let snap = self.snapshot();
         let mut report = RetentionReport::default();
         let mut drained: Vec<(String, u32)> = Vec::new();
+        let mut first_error = None;
         for (name, s) in &snap.streams {
             let policy = RetentionPolicy {
                 max_age: Some(Duration::from_millis(s.meta.retention_ms)),
@@ -912,7 +913,16 @@ impl Broker {
                     .partitions
                     .get(id)
                     .is_some_and(|m| m.closed_end.is_some());
-                let out = p.log.enforce_retention(policy, now_ms)?;
+                // One partition that cannot apply retention (a poisoned log, say) must not stop
+                // the others from freeing space: report it and go on.
+                let out = match p.log.enforce_retention(policy, now_ms) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        warn!(stream = %name, partition = id, error = %e, "retention failed for a partition");
+                        first_error.get_or_insert(Error::from(e));
+                        continue;
+                    }
+                };
                 report.segments_deleted += out.segments_deleted;
                 report.bytes_deleted += out.bytes_deleted;
                 if closed && out.start_offset == s.end_offset(*id, p) {
@@ -923,7 +933,10 @@ impl Broker {
         if !drained.is_empty() {
             report.partitions_removed = self.remove_drained(&drained)?;
         }
-        Ok(report)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     fn remove_drained(&self, drained: &[(String, u32)]) -> Result<usize> {
@@ -1023,9 +1036,14 @@ impl Broker {
         s.partition(partition)?;
         let mut all = lock(&self.checkpoints);
         if !all.contains_key(group) {
-            let loaded = meta::load(&*self.fs, CHECKPOINT_MAGIC, &self.checkpoint_path(group))?
-                .unwrap_or_default();
-            all.insert(group.to_owned(), loaded);
+            // Only groups that exist on disk are cached: asking about made-up group names must
+            // not grow memory.
+            match meta::load(&*self.fs, CHECKPOINT_MAGIC, &self.checkpoint_path(group))? {
+                Some(loaded) => {
+                    all.insert(group.to_owned(), loaded);
+                }
+                None => return Ok(None),
+            }
         }
         Ok(all
             .get(group)

@@ -481,6 +481,9 @@ pub fn run_read(server: &str, args: ReadArgs) -> CmdResult {
         let mut printed: u64 = 0;
         let limit = args.limit.unwrap_or(u64::MAX);
         let b64 = base64::engine::general_purpose::STANDARD;
+        // One Ctrl-C listener for the whole follow, so a signal between two polls is not lost.
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
         loop {
             let left = limit - printed;
             if left == 0 {
@@ -498,7 +501,7 @@ pub fn run_read(server: &str, args: ReadArgs) -> CmdResult {
                 tokio::select! {
                     r = c.read(request) => r.map_err(client_err)?,
                     // Ctrl-C ends a follow normally, after flushing what was printed.
-                    _ = tokio::signal::ctrl_c() => break,
+                    _ = &mut ctrl_c => break,
                 }
             } else {
                 c.read(request).await.map_err(client_err)?

@@ -173,6 +173,10 @@ fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment(
         "clean open read {read_by_clean_open} of {data} bytes"
     );
     assert_eq!(log.end_offset(), 4000);
+    // The clean open sealed the last segment; fill the new active one, then crash.
+    for i in 0..100u64 {
+        log.append(&[record(4000 + i, 1000)]).unwrap();
+    }
     drop(log); // a crash, as far as the files know
 
     let active_len = {
@@ -184,6 +188,10 @@ fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment(
     let log = open_sim(&fs, opts());
     let read_by_crash_open = fs.bytes_read() - before;
     assert!(
+        active_len > 100_000,
+        "the active segment holds the records put after reopening"
+    );
+    assert!(
         read_by_crash_open >= active_len - 16,
         "the active segment must be scanned"
     );
@@ -191,7 +199,7 @@ fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment(
         read_by_crash_open < active_len + data / 100,
         "only the active segment is scanned: read {read_by_crash_open}, active {active_len}"
     );
-    assert_eq!(read_all(&log).len(), 4000);
+    assert_eq!(read_all(&log).len(), 4100);
 }
 
 #[test]

@@ -505,7 +505,8 @@ impl Request {
                 if count > r.remaining() / 7 {
                     return Err(WireError::Invalid("record count"));
                 }
-                let mut records = Vec::with_capacity(count);
+                // The count is only a claim: reserve a little and grow with records actually read.
+                let mut records = Vec::with_capacity(count.min(PREALLOCATE_MAX));
                 for _ in 0..count {
                     let explicit_hash_key = match r.u8("record flags")? {
                         0 => None,
@@ -680,7 +681,7 @@ impl Response {
                 if count > r.remaining() / 22 {
                     return Err(WireError::Invalid("record count"));
                 }
-                let mut records = Vec::with_capacity(count);
+                let mut records = Vec::with_capacity(count.min(PREALLOCATE_MAX));
                 for _ in 0..count {
                     let offset = r.u64("offset")?;
                     let timestamp_ms = r.u64("timestamp")?;
@@ -710,6 +711,18 @@ impl Response {
         r.finish()?;
         Ok(resp)
     }
+}
+
+/// Most entries reserved up front from a count read off the wire.
+const PREALLOCATE_MAX: usize = 1024;
+
+/// The record count a `Put` request body announces, read without decoding the records, so a
+/// server can refuse a put with too many records before spending memory on them. `None` if the
+/// body is too short to say.
+pub fn put_record_count(body: &[u8]) -> Option<u32> {
+    let name_len = usize::from(u16::from_le_bytes(*body.first_chunk::<2>()?));
+    let rest = body.get(2 + name_len..)?;
+    Some(u32::from_le_bytes(*rest.first_chunk::<4>()?))
 }
 
 /// Longest error message sent; longer ones are cut at a character boundary.

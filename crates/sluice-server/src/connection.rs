@@ -212,6 +212,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
             let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
             break;
         }
+        // A put announcing more records than any put may hold is refused before its records are
+        // decoded: decoding costs memory per record, far more than the record's wire bytes.
+        if kind == Kind::Put as u16 && greeted {
+            let max = shared.broker.options().put_records_max;
+            if let Some(count) = sluice_protocol::message::put_record_count(&body)
+                && count as usize > max
+            {
+                let e = ErrorResponse::new(
+                    ErrorCode::TooManyRecords,
+                    format!("{count} records in one put exceeds the limit of {max}"),
+                );
+                let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
+                continue;
+            }
+        }
         let request = match Request::decode(kind, body) {
             Ok(r) => r,
             Err(e) => {

@@ -195,14 +195,16 @@ async fn read(shared: Arc<Shared>, r: ReadRequest) -> Answer {
         let b = Arc::clone(&b);
         let (stream, from) = (stream.clone(), r.from);
         blocking(move || {
+            // Every branch asks the broker, so a read of a partition that does not exist fails
+            // here, before the notifier learns of it.
+            let bounds = b.partition_bounds(&stream, partition)?;
             Ok(match from {
                 ReadFrom::Offset(o) => o,
-                ReadFrom::Earliest => b.partition_bounds(&stream, partition)?.0,
-                ReadFrom::Latest => b.partition_bounds(&stream, partition)?.1,
-                ReadFrom::Timestamp(t) => match b.offset_for_timestamp(&stream, partition, t)? {
-                    Some(o) => o,
-                    None => b.partition_bounds(&stream, partition)?.1,
-                },
+                ReadFrom::Earliest => bounds.0,
+                ReadFrom::Latest => bounds.1,
+                ReadFrom::Timestamp(t) => b
+                    .offset_for_timestamp(&stream, partition, t)?
+                    .unwrap_or(bounds.1),
             })
         })
         .await?

@@ -208,9 +208,10 @@ async fn a_long_poll_wakes_when_data_arrives() {
     let addr = server.local_addr();
     let mut c = Conn::open(addr).await;
     c.call(create("s", 1)).await.unwrap();
+    // From offset 0 of the empty partition: whenever the read arrives, the record is new to it.
     let mut reader = Conn::open(addr).await;
     reader
-        .send(&read_req("s", 0, ReadFrom::Latest, 20_000))
+        .send(&read_req("s", 0, ReadFrom::Offset(0), 20_000))
         .await;
     // The read is parked; a put on another connection wakes it.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -314,6 +315,17 @@ async fn an_oversized_length_prefix_is_refused_and_others_keep_working() {
     garbage.s.write_all(&[0xff; 64]).await.unwrap();
     let answer = garbage.recv().await;
     assert!(answer.is_none() || answer.is_some_and(|(_, a)| a.is_err()));
+    // A put that claims a million records is refused from its count, before any decoding.
+    let mut liar = Conn::open(addr).await;
+    let mut out = BytesMut::new();
+    sluice_protocol::frame::encode_frame(&mut out, 6, 0, 9, |b| {
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(b"s");
+        b.extend_from_slice(&1_000_000u32.to_le_bytes());
+    });
+    liar.s.write_all(&out).await.unwrap();
+    let (_, answer) = liar.recv().await.unwrap();
+    assert_eq!(code(&answer), Some(ErrorCode::TooManyRecords));
     // The well-behaved client never noticed.
     assert!(
         good.call(Request::Put {
