@@ -152,7 +152,7 @@ fn a_flipped_bit_in_a_sealed_segment_is_a_read_error_not_wrong_bytes() {
     for r in &after {
         assert_same(r, r.offset, &all[r.offset as usize]);
     }
-    // A strict open refuses: its index check reads no data, so the damage is found by reads
+    // A strict open succeeds too: its index check reads no data, so this damage is found by reads
     // (and by a full verification), not by open. Reads under it fail the same way.
     let strict = sluice_log::Log::open_with_fs(
         std::sync::Arc::new(fs.clone()),

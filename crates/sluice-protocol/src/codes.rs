@@ -53,7 +53,8 @@ pub enum ErrorCode {
     Corruption = 50,
     /// The partition cannot be written now (a failed fsync, a full disk, an I/O error).
     StorageUnavailable = 51,
-    /// The server is at a limit (connections, requests in flight); retry later.
+    /// The server already has its maximum of connections; retry later. (A connection with too
+    /// many requests in flight is not answered with this: the server stops reading from it.)
     Busy = 52,
     /// A failure inside the server that no request should be able to cause (a bug); the message
     /// says what.
