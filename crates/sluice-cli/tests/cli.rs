@@ -229,6 +229,12 @@ fn every_client_command_prints_the_documented_shapes() {
             "RFC 3339",
         ),
         (vec!["stream", "merge", "orders", "0", "1"], "closed"),
+        (vec!["read", "orders"], "--partition"),
+        (
+            vec!["stream", "create", "x", "--partitions", "many"],
+            "many",
+        ),
+        (vec!["frobnicate"], "frobnicate"),
     ] {
         let out = s.sluice(&args);
         let err = String::from_utf8_lossy(&out.stderr);
