@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::batch::{PreparedBatch, StoredRecord, for_each_record};
-use crate::format::marker::CleanMarker;
-use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, TEMP_SUFFIX};
+use crate::format::marker::{CleanMarker, SYNCED_MAGIC};
+use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, SYNCED_POINT_NAME, TEMP_SUFFIX};
 use crate::io::{FileSystem, OpenMode, StdFs};
 use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RetentionPolicy};
 use crate::scan::{BatchScanner, READ_CHUNK_BYTES};
@@ -124,6 +124,8 @@ struct Shared {
     rolls: AtomicU64,
     /// Wakes the interval flusher early when the log closes.
     stop: (Mutex<bool>, Condvar),
+    /// The synced-point hint file and the end offset it last recorded.
+    synced_hint: Mutex<(Option<Arc<dyn crate::io::FileHandle>>, u64)>,
 }
 
 /// The durable log of one partition. All methods take `&self`; share it between threads with
@@ -181,6 +183,7 @@ impl Log {
             fsync_latency: std::array::from_fn(|_| AtomicU64::new(0)),
             rolls: AtomicU64::new(0),
             stop: (Mutex::new(false), Condvar::new()),
+            synced_hint: Mutex::new((None, 0)),
         });
         let flusher = match shared.options.fsync {
             FsyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&shared), every)?),
@@ -641,16 +644,53 @@ impl Shared {
     }
 
     fn sync_active(&self) -> Result<u64> {
-        let (file, path, end) = {
+        let (file, path, point) = {
             let st = self.lock_state()?;
+            let a = &st.active;
             (
-                Arc::clone(&st.active.file),
-                st.active.path.clone(),
-                st.active.next_offset,
+                Arc::clone(&a.file),
+                a.path.clone(),
+                CleanMarker {
+                    end_offset: a.next_offset,
+                    active_base_offset: a.base_offset,
+                    active_len: a.len,
+                },
             )
         };
         self.fsync_data(&*file, &path)?;
-        Ok(end)
+        self.record_synced(point);
+        Ok(point.end_offset)
+    }
+
+    /// Writes the synced-point hint: how far the active segment is known to be on disk. Crash
+    /// recovery treats damage below that point as damage to acknowledged data (an error) rather
+    /// than as a torn tail (cut off). The hint is never fsynced: written only after the data's
+    /// fsync returned, it can be stale or lost after a power loss, which only makes recovery
+    /// treat more of the segment as tail, never less. Failing to write it is harmless too.
+    fn record_synced(&self, point: CleanMarker) {
+        let mut hint = self.synced_hint.lock().unwrap_or_else(|e| e.into_inner());
+        if point.end_offset <= hint.1 {
+            return;
+        }
+        if hint.0.is_none() {
+            let path = self.dir.join(SYNCED_POINT_NAME);
+            let opened = self
+                .fs
+                .open(&path, OpenMode::ReadWrite)
+                .or_else(|_| self.fs.open(&path, OpenMode::CreateNew));
+            match opened {
+                Ok(f) => hint.0 = Some(f),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open the synced-point hint");
+                    return;
+                }
+            }
+        }
+        if let Some(f) = &hint.0
+            && f.write_all_at(&point.encode_as(SYNCED_MAGIC), 0).is_ok()
+        {
+            hint.1 = point.end_offset;
+        }
     }
 
     /// `fdatasync` of segment data, counted and timed. A failure poisons the log: never retry,
@@ -977,14 +1017,24 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             changed_dir = true;
             active
         }
-        _ => ActiveSegment::recover(
-            fs,
-            dir,
-            last_base,
-            sealed.last().map(|s| s.max_timestamp_ms),
-            options.recovery,
-            options.index_interval_bytes,
-        )?,
+        _ => {
+            let hint_path = dir.join(SYNCED_POINT_NAME);
+            let synced_len = fs
+                .read_all(&hint_path)
+                .ok()
+                .and_then(|b| CleanMarker::decode_as(SYNCED_MAGIC, &b).ok())
+                .filter(|h| h.active_base_offset == last_base)
+                .map_or(0, |h| h.active_len);
+            ActiveSegment::recover(
+                fs,
+                dir,
+                last_base,
+                sealed.last().map(|s| s.max_timestamp_ms),
+                options.recovery,
+                options.index_interval_bytes,
+                synced_len,
+            )?
+        }
     };
     if changed_dir {
         fs.sync_dir(dir).at(dir)?;

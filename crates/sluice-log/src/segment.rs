@@ -564,6 +564,7 @@ impl ActiveSegment {
         previous_max_timestamp_ms: Option<u64>,
         mode: RecoveryMode,
         index_interval: u32,
+        synced_len: u64,
     ) -> Result<Self> {
         let path = file_path(dir, FileKind::Segment, base_offset);
         let file = fs.open(&path, OpenMode::ReadWrite).at(&path)?;
@@ -580,7 +581,10 @@ impl ActiveSegment {
                 && BatchScanner::new(&*file, &path, FILE_HEADER_LEN as u64, len, SCAN_CHUNK_BYTES)
                     .next()
                     .is_some_and(|r| r.is_ok_and(|b| b.header.base_offset == base_offset));
-            if first_batch_valid || mode == RecoveryMode::AbsoluteConsistency {
+            if first_batch_valid
+                || mode == RecoveryMode::AbsoluteConsistency
+                || synced_len > FILE_HEADER_LEN as u64
+            {
                 let kind = decode_file_header(FileKind::Segment, base_offset, &header)
                     .err()
                     .unwrap_or(CorruptionKind::Truncated {
@@ -605,7 +609,10 @@ impl ActiveSegment {
             index_interval,
         )?;
         if let Some(err) = scan.error {
-            if mode == RecoveryMode::AbsoluteConsistency {
+            // Below the synced point the bytes were on disk before anything was acknowledged from
+            // them: damage there is not a torn write but lost acknowledged data, which is never
+            // cut off quietly. The log refuses to open, naming the file and position.
+            if mode == RecoveryMode::AbsoluteConsistency || scan.valid_len < synced_len {
                 return Err(err);
             }
             warn!(

@@ -344,3 +344,48 @@ fn appends_stop_at_the_end_of_the_offset_space() {
         assert_eq!(log.end_offset(), u64::MAX);
     }
 }
+
+/// Damage to the active segment below its synced point (bytes that were on disk before anything
+/// was acknowledged from them) is lost acknowledged data: open refuses, naming the position,
+/// instead of cutting it off as a torn tail. Past the synced point it is a torn tail as before.
+#[test]
+fn damage_below_the_synced_point_is_an_error_not_a_cut() {
+    let fs = SimFs::new();
+    let log = open_sim(&fs, LogOptions::default());
+    for b in 0..5u64 {
+        log.append(&(0..3).map(|i| record(b * 3 + i, 40)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    // Written but never acknowledged: past the synced point.
+    log.write(&[record(15, 40)]).unwrap();
+    drop(log); // a process crash: the files stay as written
+    let seg = last_segment(&fs);
+    let full = fs.contents(&seg).unwrap();
+    let (h, _) = sluice_log::format::batch::decode(&full[16..]).unwrap();
+    let second_batch = 16 + h.batch_len as usize;
+
+    // A flipped byte in the second (acknowledged, synced) batch.
+    let mut bytes = full.clone();
+    bytes[second_batch + 50] ^= 0x08;
+    fs.set_contents(&seg, bytes.clone());
+    match sluice_log::Log::open_with_fs(
+        std::sync::Arc::new(fs.clone()),
+        dir(),
+        LogOptions::default(),
+    ) {
+        Err(Error::Corruption { path, position, .. }) => {
+            assert_eq!(path, seg);
+            assert_eq!(position, second_batch as u64);
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    assert_eq!(fs.contents(&seg).unwrap(), bytes, "nothing was cut");
+
+    // A flipped byte in the unacknowledged last batch: cut off as a torn tail.
+    let mut bytes = full.clone();
+    let last = full.len() - 5;
+    bytes[last] ^= 0x08;
+    fs.set_contents(&seg, bytes);
+    let log = open_sim(&fs, LogOptions::default());
+    assert_eq!(log.end_offset(), 15);
+}

@@ -18,6 +18,9 @@ use super::{CorruptionKind, FORMAT_VERSION, Reader, read_preamble};
 
 /// Magic of the clean-shutdown marker.
 pub const MARKER_MAGIC: [u8; 4] = *b"SCLN";
+/// Magic of the synced-point hint, which has the same layout: the active segment's base offset
+/// and the end offset and file length up to which it was last fsynced.
+pub const SYNCED_MAGIC: [u8; 4] = *b"SSYN";
 /// Encoded size of the marker.
 pub const MARKER_LEN: usize = 36;
 
@@ -35,8 +38,13 @@ pub struct CleanMarker {
 impl CleanMarker {
     /// Encodes the marker.
     pub fn encode(&self) -> [u8; MARKER_LEN] {
+        self.encode_as(MARKER_MAGIC)
+    }
+
+    /// Encodes the same fields under another magic (the synced-point hint).
+    pub fn encode_as(&self, magic: [u8; 4]) -> [u8; MARKER_LEN] {
         let mut out = Vec::with_capacity(MARKER_LEN);
-        out.extend_from_slice(&MARKER_MAGIC);
+        out.extend_from_slice(&magic);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         for v in [self.end_offset, self.active_base_offset, self.active_len] {
@@ -51,6 +59,11 @@ impl CleanMarker {
 
     /// Decodes and checks a marker.
     pub fn decode(bytes: &[u8]) -> Result<Self, CorruptionKind> {
+        Self::decode_as(MARKER_MAGIC, bytes)
+    }
+
+    /// Decodes the same fields under another magic (the synced-point hint).
+    pub fn decode_as(magic: [u8; 4], bytes: &[u8]) -> Result<Self, CorruptionKind> {
         if bytes.len() != MARKER_LEN {
             return Err(CorruptionKind::Truncated {
                 need: MARKER_LEN as u64,
@@ -58,7 +71,7 @@ impl CleanMarker {
             });
         }
         let mut r = Reader::new(bytes);
-        read_preamble(&mut r, MARKER_MAGIC)?;
+        read_preamble(&mut r, magic)?;
         let marker = Self {
             end_offset: r.u64()?,
             active_base_offset: r.u64()?,

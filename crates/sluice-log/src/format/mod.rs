@@ -33,6 +33,8 @@ pub const OFFSET_INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
 /// Name of the clean-shutdown marker inside a partition directory.
 pub const CLEAN_MARKER_NAME: &str = "clean-shutdown";
+/// Name of the synced-point hint inside a partition directory (see [`marker`]).
+pub const SYNCED_POINT_NAME: &str = "synced-point";
 /// Suffix of temporary files written before an atomic rename.
 pub const TEMP_SUFFIX: &str = "tmp";
 
