@@ -448,43 +448,117 @@ pub(crate) fn scan_segment(
     previous_max_timestamp_ms: Option<u64>,
     index_interval: u32,
 ) -> Result<SegmentScan> {
-    let mut scan = SegmentScan {
-        index: IndexBuilder::default(),
-        end_offset: base_offset,
-        valid_len: FILE_HEADER_LEN as u64,
-        first_timestamp_ms: None,
-        max_timestamp_ms: previous_max_timestamp_ms.unwrap_or(0),
-        error: None,
-    };
-    let start = (FILE_HEADER_LEN as u64).min(len);
-    for item in BatchScanner::new(file, path, start, len, SCAN_CHUNK_BYTES) {
-        let batch = match item {
-            Ok(b) => b,
-            Err(e @ Error::Corruption { .. }) => {
-                scan.error = Some(e);
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        if let Err(kind) = check_batch(&batch, scan.end_offset, scan.max_timestamp_ms, base_offset)
-        {
-            scan.error = Some(Error::corruption(path, batch.position, kind));
-            break;
+    let mut scan = SegmentScan::new(base_offset, previous_max_timestamp_ms);
+    scan.scan_rest(file, path, base_offset, len, index_interval)?;
+    Ok(scan)
+}
+
+impl SegmentScan {
+    fn new(base_offset: u64, previous_max_timestamp_ms: Option<u64>) -> Self {
+        Self {
+            index: IndexBuilder::default(),
+            end_offset: base_offset,
+            valid_len: FILE_HEADER_LEN as u64,
+            first_timestamp_ms: None,
+            max_timestamp_ms: previous_max_timestamp_ms.unwrap_or(0),
+            error: None,
         }
-        let h = batch.header;
-        // check_batch guarantees the relative offset and position fit in 32 bits.
-        scan.index.on_batch(
+    }
+
+    /// Records a batch that passed its checks.
+    fn accept(&mut self, position: u64, h: &BatchHeader, base_offset: u64, index_interval: u32) {
+        // The checks guarantee the relative offset and position fit in 32 bits.
+        self.index.on_batch(
             (h.base_offset - base_offset) as u32,
-            batch.position as u32,
-            &h,
+            position as u32,
+            h,
             index_interval,
         );
-        scan.first_timestamp_ms.get_or_insert(h.first_timestamp_ms);
-        scan.max_timestamp_ms = h.max_timestamp_ms;
-        scan.end_offset = h.end_offset();
-        scan.valid_len = batch.position + u64::from(h.batch_len);
+        self.first_timestamp_ms.get_or_insert(h.first_timestamp_ms);
+        self.max_timestamp_ms = h.max_timestamp_ms;
+        self.end_offset = h.end_offset();
+        self.valid_len = position + u64::from(h.batch_len);
     }
-    Ok(scan)
+
+    /// Checks every batch from `valid_len` to `len` in full (CRC, offsets, timestamps, layout),
+    /// stopping at the first damage, which goes to `error`.
+    fn scan_rest(
+        &mut self,
+        file: &dyn FileHandle,
+        path: &Path,
+        base_offset: u64,
+        len: u64,
+        index_interval: u32,
+    ) -> Result<()> {
+        let start = self.valid_len.min(len);
+        for item in BatchScanner::new(file, path, start, len, SCAN_CHUNK_BYTES) {
+            let batch = match item {
+                Ok(b) => b,
+                Err(e @ Error::Corruption { .. }) => {
+                    self.error = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Err(kind) =
+                check_batch(&batch, self.end_offset, self.max_timestamp_ms, base_offset)
+            {
+                self.error = Some(Error::corruption(path, batch.position, kind));
+                break;
+            }
+            self.accept(batch.position, &batch.header, base_offset, index_interval);
+        }
+        Ok(())
+    }
+
+    /// Walks batch headers from `valid_len` up to `until` without reading the batches (no CRC):
+    /// enough to rebuild the index of a prefix known to have reached the disk. Damage in a header
+    /// is an error. `Ok(false)` if the headers do not end exactly at `until`, which means `until`
+    /// was not a batch boundary and cannot be trusted.
+    fn walk_headers(
+        &mut self,
+        file: &dyn FileHandle,
+        path: &Path,
+        base_offset: u64,
+        until: u64,
+        index_interval: u32,
+    ) -> Result<bool> {
+        while self.valid_len < until {
+            let position = self.valid_len;
+            let h = read_header_at(file, path, position, until)?;
+            let fits = h.end_offset() - base_offset <= u64::from(u32::MAX)
+                && position <= u64::from(u32::MAX);
+            if h.base_offset != self.end_offset {
+                return Err(Error::corruption(
+                    path,
+                    position,
+                    CorruptionKind::OffsetMismatch {
+                        expected: self.end_offset,
+                        found: h.base_offset,
+                    },
+                ));
+            }
+            if h.first_timestamp_ms < self.max_timestamp_ms {
+                return Err(Error::corruption(
+                    path,
+                    position,
+                    CorruptionKind::TimestampRegression {
+                        previous_ms: self.max_timestamp_ms,
+                        found_ms: h.first_timestamp_ms,
+                    },
+                ));
+            }
+            if !fits {
+                return Err(Error::corruption(
+                    path,
+                    position,
+                    CorruptionKind::BadIndex("batch beyond 32-bit relative offset or position"),
+                ));
+            }
+            self.accept(position, &h, base_offset, index_interval);
+        }
+        Ok(self.valid_len == until)
+    }
 }
 
 /// The checks a batch must pass beyond its CRC to belong at this point of the log.
@@ -600,14 +674,20 @@ impl ActiveSegment {
             file.sync_data().at(&path)?;
             return Ok(Self::empty(path, file, base_offset));
         }
-        let scan = scan_segment(
-            &*file,
-            &path,
-            base_offset,
-            len,
-            previous_max_timestamp_ms,
-            index_interval,
-        )?;
+        // Below the synced point the data reached the disk before anything in it was
+        // acknowledged: only its batch headers are walked, to rebuild the index. Past it, every
+        // batch is checked in full, and the first bad one starts the torn tail.
+        let mut scan = SegmentScan::new(base_offset, previous_max_timestamp_ms);
+        let synced_len = synced_len.min(len);
+        let walked = synced_len > FILE_HEADER_LEN as u64
+            && scan.walk_headers(&*file, &path, base_offset, synced_len, index_interval)?;
+        if !walked {
+            // No usable synced point (none recorded, or it does not fall on a batch boundary):
+            // check the whole segment.
+            scan = SegmentScan::new(base_offset, previous_max_timestamp_ms);
+        }
+        let synced_len = if walked { synced_len } else { 0 };
+        scan.scan_rest(&*file, &path, base_offset, len, index_interval)?;
         if let Some(err) = scan.error {
             // Below the synced point the bytes were on disk before anything was acknowledged from
             // them: damage there is not a torn write but lost acknowledged data, which is never

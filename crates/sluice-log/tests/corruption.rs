@@ -346,8 +346,10 @@ fn appends_stop_at_the_end_of_the_offset_space() {
 }
 
 /// Damage to the active segment below its synced point (bytes that were on disk before anything
-/// was acknowledged from them) is lost acknowledged data: open refuses, naming the position,
-/// instead of cutting it off as a torn tail. Past the synced point it is a torn tail as before.
+/// was acknowledged from them) is lost acknowledged data, never cut off as a torn tail. Recovery
+/// only walks the headers there (the data reached the disk): a damaged header fails the open,
+/// naming the position; damaged record bytes are found by the CRC when read. Past the synced
+/// point, damage is a torn tail as before.
 #[test]
 fn damage_below_the_synced_point_is_an_error_not_a_cut() {
     let fs = SimFs::new();
@@ -363,16 +365,19 @@ fn damage_below_the_synced_point_is_an_error_not_a_cut() {
     let full = fs.contents(&seg).unwrap();
     let (h, _) = sluice_log::format::batch::decode(&full[16..]).unwrap();
     let second_batch = 16 + h.batch_len as usize;
+    let open = |fs: &SimFs| {
+        sluice_log::Log::open_with_fs(
+            std::sync::Arc::new(fs.clone()),
+            dir(),
+            LogOptions::default(),
+        )
+    };
 
-    // A flipped byte in the second (acknowledged, synced) batch.
+    // A damaged header of the second (acknowledged, synced) batch: the open refuses.
     let mut bytes = full.clone();
-    bytes[second_batch + 50] ^= 0x08;
+    bytes[second_batch + 17] ^= 0x08; // inside its base offset
     fs.set_contents(&seg, bytes.clone());
-    match sluice_log::Log::open_with_fs(
-        std::sync::Arc::new(fs.clone()),
-        dir(),
-        LogOptions::default(),
-    ) {
+    match open(&fs) {
         Err(Error::Corruption { path, position, .. }) => {
             assert_eq!(path, seg);
             assert_eq!(position, second_batch as u64);
@@ -381,11 +386,25 @@ fn damage_below_the_synced_point_is_an_error_not_a_cut() {
     }
     assert_eq!(fs.contents(&seg).unwrap(), bytes, "nothing was cut");
 
+    // Damaged record bytes in it: the log opens whole, and reading them is a typed error.
+    let mut bytes = full.clone();
+    bytes[second_batch + 50] ^= 0x08;
+    fs.set_contents(&seg, bytes);
+    let log = open(&fs).unwrap();
+    assert_eq!(log.end_offset(), 16, "nothing was cut");
+    assert!(
+        log.read_from(3, ReadLimits::default())
+            .unwrap_err()
+            .is_corruption()
+    );
+    assert_eq!(log.read_from(0, ReadLimits::default()).unwrap().len(), 3);
+    drop(log);
+
     // A flipped byte in the unacknowledged last batch: cut off as a torn tail.
     let mut bytes = full.clone();
     let last = full.len() - 5;
     bytes[last] ^= 0x08;
     fs.set_contents(&seg, bytes);
-    let log = open_sim(&fs, LogOptions::default());
+    let log = open(&fs).unwrap();
     assert_eq!(log.end_offset(), 15);
 }

@@ -148,7 +148,7 @@ fn invalid_options_are_rejected() {
 }
 
 #[test]
-fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment() {
+fn clean_reopen_reads_no_segment_data_and_crash_reopen_scans_only_past_the_synced_point() {
     let fs = SimFs::new();
     let opts = || LogOptions::default().segment_bytes_max(1 << 20);
     let log = open_sim(&fs, opts());
@@ -173,10 +173,15 @@ fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment(
         "clean open read {read_by_clean_open} of {data} bytes"
     );
     assert_eq!(log.end_offset(), 4000);
-    // The clean open sealed the last segment; fill the new active one, then crash.
+    // The clean open sealed the last segment; fill the new active one, leave one batch written
+    // but never acknowledged (past the synced point), then crash.
     for i in 0..100u64 {
         log.append(&[record(4000 + i, 1000)]).unwrap();
     }
+    let tail = log
+        .write(&(0..20).map(|i| record(4100 + i, 1000)).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(tail.end_offset, 4120);
     drop(log); // a crash, as far as the files know
 
     let active_len = {
@@ -184,22 +189,24 @@ fn clean_reopen_reads_no_segment_data_but_crash_reopen_scans_the_active_segment(
         logs.sort();
         fs.contents(logs.last().unwrap()).unwrap().len() as u64
     };
+    assert!(
+        active_len > 120_000,
+        "the active segment holds the records put after reopening"
+    );
+    let tail_len = 20 * 1000;
     let before = fs.bytes_read();
     let log = open_sim(&fs, opts());
     let read_by_crash_open = fs.bytes_read() - before;
+    // Below the synced point only the 100 batch headers are read; past it, the whole tail.
     assert!(
-        active_len > 100_000,
-        "the active segment holds the records put after reopening"
+        read_by_crash_open >= tail_len,
+        "the tail past the synced point must be scanned: read {read_by_crash_open}"
     );
     assert!(
-        read_by_crash_open >= active_len - 16,
-        "the active segment must be scanned"
+        read_by_crash_open < tail_len + 100 * 40 + data / 100,
+        "only headers below the synced point: read {read_by_crash_open} of an active segment of {active_len}"
     );
-    assert!(
-        read_by_crash_open < active_len + data / 100,
-        "only the active segment is scanned: read {read_by_crash_open}, active {active_len}"
-    );
-    assert_eq!(read_all(&log).len(), 4100);
+    assert_eq!(read_all(&log).len(), 4120);
 }
 
 #[test]
