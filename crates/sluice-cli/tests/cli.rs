@@ -20,10 +20,16 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--json", "--data"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--json", "--data"])
             .arg(data)
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Starts a prepared `sluice serve --json` command and reads its address from its first line.
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("SLUICE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -373,24 +379,14 @@ fn serve_reads_flags_env_and_config_with_flags_winning() {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--json", "--config"])
             .arg(&config)
-            .env_remove("SLUICE_DATA")
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .env_remove("SLUICE_DATA");
         if let Some(f) = flag {
             cmd.arg("--data").arg(f);
         }
         if let Some(e) = env {
             cmd.env("SLUICE_DATA", e);
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        assert!(first.contains("listening"), "{first:?}");
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(Serve::spawn(cmd));
     };
     let (flag, env, file) = (
         dir.path().join("from-flag"),
@@ -418,47 +414,17 @@ fn serve_reads_flags_env_and_config_with_flags_winning() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
     // fsync=never warns.
-    let mut never = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--json",
-            "--fsync",
-            "never",
-            "--data",
-        ])
-        .arg(dir.path().join("never"))
-        .env("SLUICE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(never.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    Command::new("kill")
-        .args(["-TERM", &never.id().to_string()])
-        .status()
-        .unwrap();
-    let out = never.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("may be lost on power failure"));
-    // SLUICE_DATA is used when no flag is given.
-    let env_dir = dir.path().join("from-env");
-    let mut envd = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--json"])
-        .env("SLUICE_DATA", &env_dir)
-        .env("SLUICE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(envd.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(env_dir.join("LOCK").exists());
-    let _ = envd.kill();
-    let _ = envd.wait();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--fsync",
+        "never",
+        "--data",
+    ])
+    .arg(dir.path().join("never"));
+    let (_, err) = Serve::spawn(cmd).stop();
+    assert!(err.contains("may be lost on power failure"), "{err}");
 }
