@@ -808,3 +808,70 @@ async fn a_client_that_never_reads_its_answers_stalls_only_itself() {
     writer.abort();
     server.abort().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_partition_is_refused_alone_and_a_full_disk_recovers_without_restart() {
+    use sluice_log::io::sim::SimFs;
+    use std::sync::Arc;
+
+    let fs = SimFs::new();
+    let open = |fs: &SimFs| {
+        sluice_broker::Broker::open_with_fs(Arc::new(fs.clone()), "/data", Default::default())
+            .unwrap()
+    };
+    let server = Server::start_with_broker(open(&fs), config())
+        .await
+        .unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("a", 1)).await.unwrap();
+    c.call(create("b", 1)).await.unwrap();
+    let put = |stream: &str, v: &str| Request::Put {
+        stream: stream.into(),
+        records: vec![rec("k", v.to_owned())],
+    };
+
+    // EIO on fsync, in stream a's partition only.
+    fs.scope_faults(Some(std::path::Path::new("/data/streams/a.0")));
+    fs.fail_sync_after(0, std::io::ErrorKind::Other);
+    assert_eq!(
+        code(&c.call(put("a", "1")).await),
+        Some(ErrorCode::StorageUnavailable)
+    );
+    // The other partition keeps working.
+    assert!(matches!(c.call(put("b", "1")).await, Ok(Response::Put(_))));
+    // The failed partition stays refused (its fsync is never retried), even once the disk is well.
+    fs.fail_sync_after(u64::MAX, std::io::ErrorKind::Other);
+    assert_eq!(
+        code(&c.call(put("a", "2")).await),
+        Some(ErrorCode::StorageUnavailable)
+    );
+    assert!(matches!(c.call(put("b", "2")).await, Ok(Response::Put(_))));
+
+    // ENOSPC on write (half the batch reaches the file), in stream b's partition.
+    fs.scope_faults(Some(std::path::Path::new("/data/streams/b.1")));
+    fs.fail_writes(std::io::ErrorKind::StorageFull, true);
+    assert_eq!(
+        code(&c.call(put("b", "3")).await),
+        Some(ErrorCode::StorageUnavailable)
+    );
+    // Space is back: writing works again at once, without a restart, at the next offset.
+    fs.clear_write_error();
+    let Ok(Response::Put(acks)) = c.call(put("b", "4")).await else {
+        panic!()
+    };
+    assert_eq!(acks[0].offset, 2);
+    server.abort().await;
+
+    // After a restart, the poisoned partition takes writes again; nothing acknowledged is lost.
+    let server = Server::start_with_broker(open(&fs), config())
+        .await
+        .unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    assert!(matches!(c.call(put("a", "5")).await, Ok(Response::Put(_))));
+    let Ok(Response::Read(r)) = c.call(read_req("b", 0, ReadFrom::Earliest, 0)).await else {
+        panic!()
+    };
+    let values: Vec<&[u8]> = r.records.iter().map(|r| r.value.as_ref()).collect();
+    assert_eq!(values, vec![&b"1"[..], b"2", b"4"]);
+    server.shutdown().await.unwrap();
+}

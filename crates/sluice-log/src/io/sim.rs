@@ -48,6 +48,8 @@ struct Faults {
     write_error: Option<(io::ErrorKind, bool)>,
     /// Error returned by `sync_data` after this many more successful syncs.
     sync_error_after: Option<(u64, io::ErrorKind)>,
+    /// Only files below this directory suffer the injected write and sync errors.
+    fault_scope: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +123,17 @@ impl State {
             .all(|a| !self.known_dirs.contains(a) || self.durable_dirs.contains(a))
     }
 
+    /// Whether injected faults apply to the file with this inode.
+    fn in_fault_scope(&self, ino: u64) -> bool {
+        match &self.faults.fault_scope {
+            None => true,
+            Some(dir) => self
+                .live_names
+                .iter()
+                .any(|(p, i)| *i == ino && p.starts_with(dir)),
+        }
+    }
+
     fn inode(&mut self, ino: u64) -> io::Result<&mut Inode> {
         self.inodes
             .get_mut(&ino)
@@ -155,6 +168,12 @@ impl SimFs {
     /// [`SimFs::clear_write_error`].
     pub fn fail_writes(&self, kind: io::ErrorKind, short: bool) {
         self.lock().faults.write_error = Some((kind, short));
+    }
+
+    /// Limits injected write and sync errors to files below `dir` (for example one partition),
+    /// or lifts the limit with `None`.
+    pub fn scope_faults(&self, dir: Option<&Path>) {
+        self.lock().faults.fault_scope = dir.map(Path::to_path_buf);
     }
 
     /// Lets writes succeed again.
@@ -310,7 +329,10 @@ impl FileHandle for SimFile {
         }
         let mut st = self.fs.lock();
         st.tick()?;
-        let fault = st.faults.write_error;
+        let fault = st
+            .faults
+            .write_error
+            .filter(|_| st.in_fault_scope(self.ino));
         let inode = st.inode(self.ino)?;
         let (n, result) = match fault {
             Some((kind, true)) => (buf.len() / 2, Err(io::Error::from(kind))),
@@ -332,7 +354,8 @@ impl FileHandle for SimFile {
         let mut st = self.fs.lock();
         st.tick()?;
         st.sync_data_calls += 1;
-        if let Some((after, kind)) = st.faults.sync_error_after.as_mut() {
+        let in_scope = st.in_fault_scope(self.ino);
+        if let Some((after, kind)) = st.faults.sync_error_after.as_mut().filter(|_| in_scope) {
             if *after == 0 {
                 return Err(io::Error::from(*kind));
             }
