@@ -53,6 +53,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_frame_bytes: Option<u32>,
     max_in_flight_per_connection: Option<usize>,
+    max_connection_buffer_bytes: Option<usize>,
     max_wait: Option<String>,
     frame_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -166,6 +167,10 @@ fn resolve(args: &Args) -> Result<(PathBuf, ServerConfig, String), Box<dyn std::
     }
     if let Some(n) = file.max_in_flight_per_connection {
         config.max_in_flight_per_connection = n.max(1);
+    }
+    if let Some(n) = file.max_connection_buffer_bytes {
+        // Never below one whole frame, or a large request could not be taken at all.
+        config.max_connection_buffer_bytes = n.max(config.max_frame_bytes as usize + (1 << 20));
     }
     if let Some(n) = file.put_records_max {
         config.broker.put_records_max = n;

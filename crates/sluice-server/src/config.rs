@@ -28,6 +28,10 @@ pub struct ServerConfig {
     /// without closing (half-open connections) do not hold connection slots forever. Default:
     /// 10 minutes (Kafka's `connections.max.idle.ms`).
     pub idle_timeout: Duration,
+    /// Memory one connection may hold in requests being processed and answers not yet written;
+    /// past it the server stops reading from that connection. Bounds what a client that sends
+    /// much and reads nothing can cost. At least the frame limit. Default: 16 MiB.
+    pub max_connection_buffer_bytes: usize,
     /// Longest long-poll wait a read may ask for; longer asks are cut to this. Default: 30 s.
     pub max_wait: Duration,
     /// Once a frame has started arriving, the rest must arrive within this, or the connection is
@@ -48,6 +52,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_in_flight_per_connection: 64,
             idle_timeout: Duration::from_secs(600),
+            max_connection_buffer_bytes: 16 << 20,
             max_wait: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
             retention_interval: Duration::from_secs(60),

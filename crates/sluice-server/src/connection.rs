@@ -24,8 +24,19 @@ use tracing::debug;
 use crate::handler;
 use crate::server::Shared;
 
-/// An encoded response frame on its way to the writer.
-type Outgoing = Bytes;
+/// An encoded response frame on its way to the writer, with the share of the connection's memory
+/// budget its request holds until the frame is written.
+struct Outgoing {
+    frame: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Outgoing {
+    fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
+        self._budget = Some(permit);
+        self
+    }
+}
 
 /// Answers a connection over the limit with `Busy` and closes it.
 pub(crate) async fn refuse_busy(mut socket: TcpStream, limit: usize) {
@@ -114,7 +125,24 @@ fn encode_answer(kind: u16, id: u64, answer: Result<Response, ErrorResponse>) ->
         Ok(r) => r.encode(id, &mut out),
         Err(e) => e.encode(kind, id, &mut out),
     }
-    out.freeze()
+    Outgoing {
+        frame: out.freeze(),
+        _budget: None,
+    }
+}
+
+/// Bytes of the connection's budget a request reserves: its own frame, plus, for a read, the most
+/// its answer can hold (key and value bytes up to the read limit, and per-record headers).
+fn reservation(shared: &Shared, body_len: usize, request: &Request) -> usize {
+    let answer = match request {
+        Request::Read(r) => {
+            let bytes = (r.max_bytes as usize).min(shared.config.max_frame_bytes as usize / 2);
+            let records = (r.max_records as usize).clamp(1, 100_000);
+            bytes + records * 40
+        }
+        _ => 4096,
+    };
+    (body_len + answer).min(shared.config.max_connection_buffer_bytes)
 }
 
 /// A task that is aborted if the connection's future is dropped (by `Server::abort`), so no
@@ -133,20 +161,26 @@ struct PendingPut {
     records: Vec<sluice_protocol::message::PutRecord>,
     started: Instant,
     permit: OwnedSemaphorePermit,
+    budget: OwnedSemaphorePermit,
 }
 
 /// Serves one connection until the client leaves, the framing breaks, or the server shuts down.
 pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let (mut rd, mut wr) = socket.into_split();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight_per_connection));
+    // Memory a connection may hold in requests and answers not yet written: past it, the server
+    // stops reading from the connection, so a client that sends much and reads nothing holds at
+    // most this much.
+    let budget = Arc::new(Semaphore::new(shared.config.max_connection_buffer_bytes));
     let (out_tx, mut out_rx) =
         mpsc::channel::<Outgoing>(shared.config.max_in_flight_per_connection);
 
     // The writer: sends answers as they come. A client that stops reading fills its socket
     // buffer, this task stalls, and the bounded channel and the in-flight limit stop the reader.
     let mut writer = AbortOnDrop(tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
+        // Each frame's budget is released (dropped) once the frame has been written.
+        while let Some(out) = out_rx.recv().await {
+            if wr.write_all(&out.frame).await.is_err() {
                 break;
             }
         }
@@ -173,7 +207,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                         Err(e) => Err(e),
                     };
                     let _ = out_tx
-                        .send(encode_answer(Kind::Put as u16, p.id, answer))
+                        .send(encode_answer(Kind::Put as u16, p.id, answer).holding(p.budget))
                         .await;
                     drop(p.permit);
                 });
@@ -274,6 +308,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
+        let reserve = reservation(&shared, header.body_len as usize, &request);
+        let Ok(budget) = Arc::clone(&budget)
+            .acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
+            .await
+        else {
+            break;
+        };
         match request {
             Request::Hello { .. } => {
                 let answer = Ok(Response::Hello {
@@ -288,6 +329,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                     records,
                     started: Instant::now(),
                     permit,
+                    budget,
                 };
                 if put_tx.send(pending).await.is_err() {
                     break;
@@ -298,7 +340,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 let out_tx = out_tx.clone();
                 requests.spawn(async move {
                     let answer = handler::handle(shared, other).await;
-                    let _ = out_tx.send(encode_answer(kind, id, answer)).await;
+                    let _ = out_tx
+                        .send(encode_answer(kind, id, answer).holding(budget))
+                        .await;
                     drop(permit);
                 });
                 while requests.try_join_next().is_some() {}
