@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod common;
+
+use common::{BIN, spawn_serve};
 
 /// A `sluice serve` child process, stopped with SIGTERM when dropped.
 struct Serve {
@@ -29,20 +31,8 @@ impl Serve {
 
     /// Starts a prepared `sluice serve --json` command and reads its address from its first line.
     fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let v: Value =
-            serde_json::from_str(&first).unwrap_or_else(|e| panic!("serve printed {first:?}: {e}"));
-        let addr = v["listening"]["native"].as_str().unwrap().to_owned();
-        assert!(addr.starts_with("127.0.0.1:"));
+        cmd.env("SLUICE_LOG", "warn").stderr(Stdio::piped());
+        let (child, addr) = spawn_serve(cmd);
         Self { child, addr }
     }
 

@@ -10,7 +10,6 @@
 //! `SLUICE_KILL_CYCLES=500 cargo test --release -p sluice-cli --test kill9`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -21,34 +20,27 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice_client::{Client, ClientConfig, CreateStream, PutRecord, ReadFrom, ReadRequest};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod common;
+
+use common::{BIN, spawn_serve};
 const PARTITIONS: u32 = 4;
 const PRODUCERS: usize = 4;
 
 fn start(data: &Path, fsync: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--json",
-            "--fsync",
-            fsync,
-            "--data",
-        ])
-        .arg(data)
-        .env("SLUICE_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&first)
-        .unwrap_or_else(|e| panic!("serve printed {first:?} ({e}); did it fail to start?"));
-    (child, v["listening"]["native"].as_str().unwrap().to_owned())
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--fsync",
+        fsync,
+        "--data",
+    ])
+    .arg(data)
+    .env("SLUICE_LOG", "error")
+    .stderr(Stdio::null());
+    spawn_serve(cmd)
 }
 
 /// What the producers sent: value → (key, producer, sequence), and what was acknowledged: value →

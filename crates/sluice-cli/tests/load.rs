@@ -6,7 +6,6 @@
 //! acknowledged record is stored once, and the server's resident memory stays bounded; the
 //! figures are printed.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,9 @@ use sluice_client::{Client, ClientConfig, CreateStream, PutRecord, ReadFrom, Rea
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+mod common;
+
+use common::{BIN, spawn_serve};
 
 struct Serve(Child, String);
 
@@ -27,20 +28,12 @@ impl Drop for Serve {
 }
 
 fn serve(data: &std::path::Path) -> Serve {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--json", "--data"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--json", "--data"])
         .arg(data)
         .env("SLUICE_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
-    let addr = v["listening"]["native"].as_str().unwrap().to_owned();
+        .stderr(Stdio::null());
+    let (child, addr) = spawn_serve(cmd);
     Serve(child, addr)
 }
 
