@@ -703,11 +703,11 @@ impl Broker {
         Ok((p.log.start_offset(), s.end_offset(partition, p)))
     }
 
-    /// `fdatasync` calls on partition data since the broker opened, across all partitions, and
-    /// their latencies in power-of-two buckets of microseconds (as in [`sluice_log::LogStats`]).
-    pub fn fsync_stats(&self) -> (u64, [u64; sluice_log::LATENCY_BUCKETS]) {
-        let mut count = 0;
-        let mut buckets = [0u64; sluice_log::LATENCY_BUCKETS];
+    /// Write and fsync counters summed over every partition now open: `fdatasync` calls on
+    /// partition data since the broker opened (with their latencies in power-of-two buckets of
+    /// microseconds, as in [`sluice_log::LogStats`]) and bytes appended to segment files.
+    pub fn io_stats(&self) -> IoStats {
+        let mut total = IoStats::default();
         for p in self
             .snapshot()
             .streams
@@ -715,12 +715,17 @@ impl Broker {
             .flat_map(|s| s.partitions.values())
         {
             let st = p.log.stats();
-            count += st.fsyncs;
-            for (sum, b) in buckets.iter_mut().zip(st.fsync_latency_buckets) {
+            total.fsyncs += st.fsyncs;
+            total.bytes_appended += st.bytes_appended;
+            for (sum, b) in total
+                .fsync_latency_buckets
+                .iter_mut()
+                .zip(st.fsync_latency_buckets)
+            {
                 *sum += b;
             }
         }
-        (count, buckets)
+        total
     }
 
     /// First offset at or after `timestamp_ms` in a partition, `None` if every record is older.
@@ -1095,6 +1100,17 @@ fn write_open(p: &Partition, records: &[PutRecord], indices: &[usize]) -> Result
         return Ok(None);
     }
     Ok(Some(p.log.write(&batch)?))
+}
+
+/// Counters of partition I/O, from [`Broker::io_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// `fdatasync` calls on partition data.
+    pub fsyncs: u64,
+    /// Their latencies: bucket `i` counts fsyncs of `[2^i, 2^(i+1))` microseconds.
+    pub fsync_latency_buckets: [u64; sluice_log::LATENCY_BUCKETS],
+    /// Bytes appended to segment files, batch and record headers included.
+    pub bytes_appended: u64,
 }
 
 /// A put whose records are written, in order, but not yet acknowledged.

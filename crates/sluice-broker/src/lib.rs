@@ -34,8 +34,8 @@ pub mod name;
 pub mod routing;
 
 pub use broker::{
-    Broker, BrokerOptions, PARTITION_KEY_BYTES_MAX, PartitionDescription, PartitionState, PutAck,
-    PutRecord, RetentionReport, StreamConfig, StreamDescription, SubmittedPut,
+    Broker, BrokerOptions, IoStats, PARTITION_KEY_BYTES_MAX, PartitionDescription, PartitionState,
+    PutAck, PutRecord, RetentionReport, StreamConfig, StreamDescription, SubmittedPut,
 };
 pub use error::{Error, Result};
 pub use lock::LOCK_FILE_NAME;

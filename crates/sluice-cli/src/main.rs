@@ -2,6 +2,7 @@
 //! inspect or verify data files of a stopped server. Its output is an interface: with `--json`
 //! every result is printed as JSON lines in the shapes of `docs/operations.md`.
 
+mod bench;
 mod client_cmds;
 mod inspect;
 mod output;
@@ -16,14 +17,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, propagate_version = true)]
 struct Cli {
-    /// Address of the Sluice server to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "SLUICE_SERVER",
-        default_value = "127.0.0.1:7070"
-    )]
-    server: String,
+    /// Address of the Sluice server to talk to [default: 127.0.0.1:7070; `sluice bench`
+    /// starts its own server unless this is given].
+    #[arg(long, global = true, env = "SLUICE_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,18 +40,26 @@ enum Command {
     Inspect(inspect::Args),
     /// Check every checksum and index under a data directory; exit 1 on any damage.
     Verify(verify::Args),
+    /// Load generator: measure write throughput and ack latency, or catch-up reads.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
+
+/// Where client commands connect when no `--server` or `SLUICE_SERVER` is given.
+const DEFAULT_SERVER: &str = "127.0.0.1:7070";
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let server = cli.server.as_deref().unwrap_or(DEFAULT_SERVER);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Stream(cmd) => client_cmds::run_stream(&cli.server, cmd),
-        Command::Put(args) => client_cmds::run_put(&cli.server, args),
-        Command::Read(args) => client_cmds::run_read(&cli.server, args),
+        Command::Stream(cmd) => client_cmds::run_stream(server, cmd),
+        Command::Put(args) => client_cmds::run_put(server, args),
+        Command::Read(args) => client_cmds::run_read(server, args),
+        Command::Bench(cmd) => bench::run(cli.server.as_deref(), cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
     };

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use sluice_protocol::message::{
-    CreateStream, PartitionRef, PutAck, PutRecord, ReadRequest, ReadResponse, ServerStats,
-    StreamInfo,
+    CreateStream, Kind, PartitionRef, PutAck, PutRecord, ReadRequest, ReadResponse, ServerStats,
+    StreamInfo, encode_put_body,
 };
 use sluice_protocol::{Request, Response, WireError};
 use tokio::net::ToSocketAddrs;
@@ -17,6 +18,36 @@ use tokio::sync::Mutex;
 use crate::config::ClientConfig;
 use crate::connection::{Connection, InFlight, deadline_after};
 use crate::error::ClientError;
+
+/// A put request encoded once, to be sent any number of times with [`Client::put_encoded`]
+/// (a load generator or a replay tool sending the same records again).
+#[derive(Debug, Clone)]
+pub struct EncodedPut {
+    body: Bytes,
+    records: usize,
+}
+
+impl EncodedPut {
+    /// Encodes a put of `records` to `stream`.
+    pub fn new(stream: &str, records: &[PutRecord]) -> Self {
+        let mut body = BytesMut::new();
+        encode_put_body(stream, records, &mut body);
+        Self {
+            body: body.freeze(),
+            records: records.len(),
+        }
+    }
+
+    /// Records in the put.
+    pub fn record_count(&self) -> usize {
+        self.records
+    }
+
+    /// Size of the encoded request body, bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.body.len()
+    }
+}
 
 /// An async client for one Sluice server.
 ///
@@ -194,6 +225,24 @@ impl Client {
         };
         match self.call(request).await? {
             Response::Put(acks) if acks.len() == count => Ok(acks),
+            Response::Put(_) => Err(WireError::Invalid("ack count").into()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Sends a put encoded beforehand with [`EncodedPut::new`]; the same as [`Client::put`] with
+    /// its records, without encoding them again. The body is shared, not copied, so sending
+    /// one `EncodedPut` many times costs only the system calls.
+    pub async fn put_encoded(&self, put: &EncodedPut) -> Result<Vec<PutAck>, ClientError> {
+        let conn = self.connection().await?;
+        let deadline = deadline_after(self.inner.config.request_timeout);
+        let response = conn
+            .submit_encoded(self.inner.next_id(), Kind::Put as u16, &put.body, deadline)
+            .await?
+            .wait()
+            .await?;
+        match response {
+            Response::Put(acks) if acks.len() == put.records => Ok(acks),
             Response::Put(_) => Err(WireError::Invalid("ack count").into()),
             _ => Err(unexpected()),
         }

@@ -40,8 +40,15 @@ type Reply = Result<(FrameHeader, Bytes), ClientError>;
 /// An open connection that has completed the `Hello` handshake.
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<Outgoing>,
     peer: SocketAddr,
+}
+
+/// A frame queued for the writer: its header (or whole frame), and a body encoded earlier and
+/// shared, which is written as it is instead of being copied into a new frame.
+struct Outgoing {
+    head: Bytes,
+    body: Bytes,
 }
 
 impl fmt::Debug for Connection {
@@ -167,6 +174,45 @@ impl Connection {
         request: &Request,
         deadline: Instant,
     ) -> Result<InFlight, ClientError> {
+        let mut frame = BytesMut::new();
+        request.encode(id, &mut frame);
+        let outgoing = Outgoing {
+            head: frame.freeze(),
+            body: Bytes::new(),
+        };
+        self.queue(id, request.kind() as u16, outgoing, deadline)
+            .await
+    }
+
+    /// Like [`Connection::submit`], for a request body encoded beforehand: only the 16-byte
+    /// header is new, the body goes out as it is.
+    pub(crate) async fn submit_encoded(
+        self: &Arc<Self>,
+        id: u64,
+        kind: u16,
+        body: &Bytes,
+        deadline: Instant,
+    ) -> Result<InFlight, ClientError> {
+        let header = FrameHeader {
+            body_len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+            kind,
+            flags: 0,
+            correlation_id: id,
+        };
+        let outgoing = Outgoing {
+            head: Bytes::copy_from_slice(&header.encode()),
+            body: body.clone(),
+        };
+        self.queue(id, kind, outgoing, deadline).await
+    }
+
+    async fn queue(
+        self: &Arc<Self>,
+        id: u64,
+        kind: u16,
+        outgoing: Outgoing,
+        deadline: Instant,
+    ) -> Result<InFlight, ClientError> {
         let (reply, rx) = oneshot::channel();
         {
             let mut pending = self.shared.pending();
@@ -179,13 +225,11 @@ impl Connection {
         let in_flight = InFlight {
             conn: Arc::clone(self),
             id,
-            kind: request.kind() as u16,
+            kind,
             deadline,
             rx,
         };
-        let mut frame = BytesMut::new();
-        request.encode(id, &mut frame);
-        match timeout_at(deadline, self.frames.send(frame.freeze())).await {
+        match timeout_at(deadline, self.frames.send(outgoing)).await {
             Err(_) => Err(ClientError::Timeout),
             Ok(Err(_)) => Err(ClientError::ConnectionClosed),
             Ok(Ok(())) => Ok(in_flight),
@@ -260,7 +304,7 @@ pub(crate) fn deadline_after(after: std::time::Duration) -> Instant {
 
 async fn write_loop(
     write_half: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<Outgoing>,
     shared: Arc<Shared>,
     mut closed: watch::Receiver<bool>,
 ) {
@@ -282,15 +326,21 @@ async fn write_loop(
 /// pipelined requests share system calls. `Ok(false)` once the queue is closed.
 async fn write_queued(
     out: &mut BufWriter<OwnedWriteHalf>,
-    queue: &mut mpsc::Receiver<Bytes>,
+    queue: &mut mpsc::Receiver<Outgoing>,
 ) -> std::io::Result<bool> {
     let Some(frame) = queue.recv().await else {
         return Ok(false);
     };
-    out.write_all(&frame).await?;
+    // A body larger than the buffer bypasses it (`BufWriter` writes it straight to the socket
+    // after flushing what it holds), so a shared body is never copied here.
+    out.write_all(&frame.head).await?;
+    out.write_all(&frame.body).await?;
     for _ in 0..COALESCE_FRAMES {
         match queue.try_recv() {
-            Ok(frame) => out.write_all(&frame).await?,
+            Ok(frame) => {
+                out.write_all(&frame.head).await?;
+                out.write_all(&frame.body).await?;
+            }
             Err(_) => break,
         }
     }

@@ -62,7 +62,7 @@ pub mod partition_reader;
 pub mod producer;
 
 pub use blocking::BlockingClient;
-pub use client::Client;
+pub use client::{Client, EncodedPut};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use partition_reader::{PartitionReader, ReaderConfig};

@@ -74,6 +74,8 @@ pub struct LogStats {
     pub appends: u64,
     /// Records appended.
     pub records_appended: u64,
+    /// Bytes appended to segment files (batches with their headers), what reached the disk.
+    pub bytes_appended: u64,
     /// `fdatasync` calls on segment data (group commits, rolls and explicit syncs).
     pub fsyncs: u64,
     /// How long those took: bucket `i` counts fsyncs of `[2^i, 2^(i+1))` microseconds (bucket 0
@@ -118,6 +120,7 @@ struct Shared {
     poison: Mutex<Option<String>>,
     appends: AtomicU64,
     records_appended: AtomicU64,
+    bytes_appended: AtomicU64,
     fsyncs: AtomicU64,
     /// fsync latencies in power-of-two buckets of microseconds (see [`LogStats`]).
     fsync_latency: [AtomicU64; LATENCY_BUCKETS],
@@ -179,6 +182,7 @@ impl Log {
             poison: Mutex::new(None),
             appends: AtomicU64::new(0),
             records_appended: AtomicU64::new(0),
+            bytes_appended: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             fsync_latency: std::array::from_fn(|_| AtomicU64::new(0)),
             rolls: AtomicU64::new(0),
@@ -264,6 +268,9 @@ impl Log {
         shared
             .records_appended
             .fetch_add(u64::from(batch.record_count()), Ordering::Relaxed);
+        shared
+            .bytes_appended
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(Written {
             first_offset: base,
             end_offset: end,
@@ -312,6 +319,7 @@ impl Log {
         LogStats {
             appends: s.appends.load(Ordering::Relaxed),
             records_appended: s.records_appended.load(Ordering::Relaxed),
+            bytes_appended: s.bytes_appended.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             fsync_latency_buckets: std::array::from_fn(|i| {
                 s.fsync_latency

@@ -426,23 +426,7 @@ impl Request {
             Self::CreateStream(c) => postcard_into(b, c),
             Self::DeleteStream { name } | Self::DescribeStream { name } => postcard_into(b, name),
             Self::ListStreams | Self::Stats => {}
-            Self::Put { stream, records } => {
-                put_str(b, stream);
-                b.put_u32_le(u32::try_from(records.len()).unwrap_or(u32::MAX));
-                for r in records {
-                    match r.explicit_hash_key {
-                        Some(h) => {
-                            b.put_u8(1);
-                            b.put_u128_le(h);
-                        }
-                        None => b.put_u8(0),
-                    }
-                    b.put_u16_le(u16::try_from(r.partition_key.len()).unwrap_or(u16::MAX));
-                    b.put_slice(&r.partition_key);
-                    b.put_u32_le(u32::try_from(r.value.len()).unwrap_or(u32::MAX));
-                    b.put_slice(&r.value);
-                }
-            }
+            Self::Put { stream, records } => encode_put_body(stream, records, b),
             Self::Read(r) => {
                 put_str(b, &r.stream);
                 b.put_u32_le(r.partition);
@@ -752,6 +736,41 @@ impl ErrorResponse {
         r.finish()?;
         let message = String::from_utf8(msg.to_vec()).map_err(|_| WireError::BadUtf8("message"))?;
         Ok(Self { code, message })
+    }
+}
+
+/// Appends the body of a `Put` request for `records` to `b`, sized in one reservation. Exposed so
+/// a client can encode a put once and send the same bytes many times (a load generator, a replay
+/// tool); [`Request::encode`] uses it for every put.
+pub fn encode_put_body(stream: &str, records: &[PutRecord], b: &mut BytesMut) {
+    let size = 2
+        + stream.len()
+        + 4
+        + records
+            .iter()
+            .map(|r| {
+                1 + r.explicit_hash_key.map_or(0, |_| 16)
+                    + 2
+                    + r.partition_key.len()
+                    + 4
+                    + r.value.len()
+            })
+            .sum::<usize>();
+    b.reserve(size);
+    put_str(b, stream);
+    b.put_u32_le(u32::try_from(records.len()).unwrap_or(u32::MAX));
+    for r in records {
+        match r.explicit_hash_key {
+            Some(h) => {
+                b.put_u8(1);
+                b.put_u128_le(h);
+            }
+            None => b.put_u8(0),
+        }
+        b.put_u16_le(u16::try_from(r.partition_key.len()).unwrap_or(u16::MAX));
+        b.put_slice(&r.partition_key);
+        b.put_u32_le(u32::try_from(r.value.len()).unwrap_or(u32::MAX));
+        b.put_slice(&r.value);
     }
 }
 

@@ -112,10 +112,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
             Ok(Response::FetchCheckpoint(o))
         }
         Request::Stats => {
-            let fsyncs = tokio::task::spawn_blocking(move || b.fsync_stats())
+            let io = tokio::task::spawn_blocking(move || b.io_stats())
                 .await
-                .unwrap_or((0, [0; sluice_log::LATENCY_BUCKETS]));
-            Ok(Response::Stats(shared.stats.snapshot(fsyncs)))
+                .unwrap_or_default();
+            Ok(Response::Stats(shared.stats.snapshot(io)))
         }
         Request::Hello { .. } | Request::Put { .. } => Err(ErrorResponse::new(
             ErrorCode::Internal,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use sluice_log::LATENCY_BUCKETS;
+use sluice_broker::IoStats;
 use sluice_protocol::message::{ServerStats, StreamStats};
 
 #[derive(Debug)]
@@ -71,7 +71,8 @@ impl Stats {
         }
     }
 
-    pub fn snapshot(&self, (fsyncs, buckets): (u64, [u64; LATENCY_BUCKETS])) -> ServerStats {
+    pub fn snapshot(&self, io: IoStats) -> ServerStats {
+        let buckets = io.fsync_latency_buckets;
         let h = self.put_latency.lock().unwrap_or_else(|e| e.into_inner());
         ServerStats {
             fsync_latency_us_p50: bucket_quantile(&buckets, 0.5),
@@ -84,7 +85,7 @@ impl Stats {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
             puts: self.puts.load(Ordering::Relaxed),
-            fsyncs,
+            fsyncs: io.fsyncs,
             put_latency_us_p50: h.value_at_quantile(0.5),
             put_latency_us_p99: h.value_at_quantile(0.99),
             put_latency_us_max: h.max(),
@@ -126,6 +127,7 @@ fn bucket_quantile(buckets: &[u64], q: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_log::LATENCY_BUCKETS;
 
     #[test]
     fn bucket_quantiles() {
