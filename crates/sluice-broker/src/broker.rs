@@ -1123,23 +1123,71 @@ pub struct SubmittedPut {
 
 impl SubmittedPut {
     /// Waits until every record is acknowledged under the fsync policy, and returns each
-    /// record's partition and offset in input order. The partitions' fsyncs run in parallel.
+    /// record's partition and offset in input order. The fsyncs of several partitions run in
+    /// parallel, on threads started for the purpose; a caller with a thread pool of its own can
+    /// use [`SubmittedPut::into_parts`] instead.
     pub fn wait(self) -> Result<Vec<PutAck>> {
-        match self.writes.as_slice() {
+        let (pending, acks) = self.into_parts();
+        match pending.as_slice() {
             [] => {}
-            [(p, w)] => p.log.acknowledge(*w)?,
-            many => std::thread::scope(|scope| {
-                let handles: Vec<_> = many
+            [one] => one.wait_ref()?,
+            [rest @ .., last] => std::thread::scope(|scope| {
+                let handles: Vec<_> = rest
                     .iter()
-                    .map(|(p, w)| scope.spawn(move || p.log.acknowledge(*w)))
+                    .map(|p| scope.spawn(move || p.wait_ref()))
                     .collect();
-                handles.into_iter().try_for_each(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
+                // The last partition is waited for on this thread, which would otherwise idle.
+                let mine = last.wait_ref();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .chain(std::iter::once(mine))
+                    .collect::<Result<()>>()
             })?,
         }
-        Ok(self.acks)
+        Ok(acks)
+    }
+
+    /// Whether every record is already acknowledged (always so unless the policy is
+    /// `fsync=always`), so that [`SubmittedPut::wait`] would not block.
+    pub fn is_acknowledged(&self) -> bool {
+        self.writes.iter().all(|(p, w)| p.log.is_acknowledged(*w))
+    }
+
+    /// Splits the put into one wait per partition that still needs its fsync, and the
+    /// acknowledgements to hand out once all of them have returned `Ok`. Partitions already
+    /// acknowledged are left out, so under `fsync=never` the list is empty.
+    pub fn into_parts(self) -> (Vec<PendingAck>, Vec<PutAck>) {
+        let pending = self
+            .writes
+            .into_iter()
+            .filter(|(p, w)| !p.log.is_acknowledged(*w))
+            .map(|(partition, written)| PendingAck { partition, written })
+            .collect();
+        (pending, self.acks)
+    }
+}
+
+/// The fsync wait of one partition of a [`SubmittedPut`].
+#[derive(Debug)]
+#[must_use = "records are acknowledged only once every part has been waited for"]
+pub struct PendingAck {
+    partition: Arc<Partition>,
+    written: Written,
+}
+
+impl PendingAck {
+    /// Blocks until an fsync covers this partition's records (shared with other writers: group
+    /// commit). An error means the records may not be durable.
+    pub fn wait(self) -> Result<()> {
+        self.wait_ref()
+    }
+
+    fn wait_ref(&self) -> Result<()> {
+        Ok(self.partition.log.acknowledge(self.written)?)
     }
 }
 

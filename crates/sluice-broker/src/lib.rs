@@ -35,7 +35,7 @@ pub mod routing;
 
 pub use broker::{
     Broker, BrokerOptions, IoStats, PARTITION_KEY_BYTES_MAX, PartitionDescription, PartitionState,
-    PutAck, PutRecord, RetentionReport, StreamConfig, StreamDescription, SubmittedPut,
+    PendingAck, PutAck, PutRecord, RetentionReport, StreamConfig, StreamDescription, SubmittedPut,
 };
 pub use error::{Error, Result};
 pub use lock::LOCK_FILE_NAME;

@@ -655,3 +655,64 @@ fn a_corrupt_or_missing_catalog_is_an_error_not_an_empty_broker() {
     std::fs::write(&path, &good).unwrap();
     assert_eq!(open(dir.path()).list_streams(), vec!["s"]);
 }
+
+#[test]
+fn a_submitted_put_splits_into_one_fsync_wait_per_partition_that_needs_one() {
+    let records: Vec<PutRecord> = (0..200)
+        .map(|i| PutRecord::new(format!("key-{i}"), format!("value-{i}")))
+        .collect();
+    let config = StreamConfig {
+        partitions: 4,
+        ..StreamConfig::default()
+    };
+
+    // fsync=always: every partition written waits for its own fsync.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    b.create_stream("s", config.clone()).unwrap();
+    let before = b.io_stats();
+    let submitted = b.submit_put("s", &records).unwrap();
+    assert!(!submitted.is_acknowledged(), "nothing has been fsynced yet");
+    let (parts, acks) = submitted.into_parts();
+    let written: std::collections::BTreeSet<u32> = acks.iter().map(|a| a.partition).collect();
+    assert_eq!(parts.len(), written.len(), "one wait per partition written");
+    assert!(written.len() > 1, "200 keys spread over several partitions");
+    // Not readable before the fsync: a read at the end sees nothing yet.
+    for p in &written {
+        assert!(read_all(&b, "s", *p).is_empty());
+    }
+    let handles: Vec<_> = parts
+        .into_iter()
+        .map(|part| std::thread::spawn(move || part.wait()))
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let after = b.io_stats();
+    assert!(after.fsyncs - before.fsyncs >= written.len() as u64);
+    let stored: usize = written.iter().map(|p| read_all(&b, "s", *p).len()).sum();
+    assert_eq!(stored, 200);
+    // 40 bytes of batch header per partition, 14 of record header per record, keys, values.
+    let payload: u64 = records
+        .iter()
+        .map(|r| (14 + r.partition_key.len() + r.value.len()) as u64)
+        .sum();
+    assert_eq!(
+        after.bytes_appended - before.bytes_appended,
+        payload + 40 * written.len() as u64
+    );
+
+    // fsync=never: nothing to wait for, so nothing is handed to another thread.
+    let dir = tempfile::tempdir().unwrap();
+    let options = BrokerOptions {
+        log: sluice_log::LogOptions::default().fsync(sluice_log::FsyncPolicy::Never),
+        ..BrokerOptions::default()
+    };
+    let b = Broker::open(dir.path(), options).unwrap();
+    b.create_stream("s", config).unwrap();
+    let submitted = b.submit_put("s", &records).unwrap();
+    assert!(submitted.is_acknowledged());
+    let (parts, acks) = submitted.into_parts();
+    assert!(parts.is_empty());
+    assert_eq!(acks.len(), 200);
+}

@@ -287,6 +287,14 @@ impl Log {
         Ok(())
     }
 
+    /// Whether `written` is already acknowledged, so [`Log::acknowledge`] would return at once:
+    /// always under the policies other than [`FsyncPolicy::Always`], and under it once an fsync
+    /// has covered the records. Lets a caller skip handing the wait to another thread.
+    pub fn is_acknowledged(&self, written: Written) -> bool {
+        self.shared.options.fsync != FsyncPolicy::Always
+            || self.shared.durable_end.load(Ordering::Acquire) >= written.end_offset
+    }
+
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         let end = self.shared.lock_state()?.active.next_offset;

@@ -165,7 +165,25 @@ pub(crate) async fn finish_put(
     bytes: u64,
     started: Instant,
 ) -> Answer {
-    let acks = blocking(move || submitted.wait()).await?;
+    let (pending, acks) = submitted.into_parts();
+    // Each partition's fsync wait runs on the blocking pool, whose threads are reused; none at
+    // all when the records are already acknowledged (any policy but `always`, or an fsync that
+    // already covered them).
+    let waits: Vec<_> = pending
+        .into_iter()
+        .map(|part| tokio::task::spawn_blocking(move || part.wait()))
+        .collect();
+    for w in waits {
+        match w.await {
+            Ok(r) => r.map_err(|e| to_wire(&e))?,
+            Err(e) => {
+                return Err(ErrorResponse::new(
+                    ErrorCode::Internal,
+                    format!("request task failed: {e}"),
+                ));
+            }
+        }
+    }
     let mut touched: Vec<u32> = acks.iter().map(|a| a.partition).collect();
     touched.sort_unstable();
     touched.dedup();
