@@ -35,6 +35,10 @@ const KEY_BYTES: usize = 16;
 const TEMPLATES_PER_PRODUCER: usize = 8;
 /// Records a run sends when neither `--records` nor `--duration` is given.
 const DEFAULT_RECORDS: u64 = 1_000_000;
+/// Bytes of each write of the raw-disk baseline, as in `dd bs=512K`.
+const BASELINE_CHUNK: usize = 512 << 10;
+/// Most bytes the raw-disk baseline writes.
+const BASELINE_MAX: u64 = 1 << 30;
 /// Latencies above this (in microseconds) are recorded as this: an hour.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
@@ -96,6 +100,12 @@ pub struct ProduceArgs {
     /// always deleted).
     #[arg(long)]
     keep: bool,
+    /// Also measure the raw disk before and after the run, as `dd bs=512K conv=fdatasync` does
+    /// (512 KiB writes to a new file beside the data directory, one fdatasync at the end, as many
+    /// bytes as the run writes, at most 1 GiB), and report the run's ratio to it. Embedded
+    /// server only.
+    #[arg(long)]
+    baseline: bool,
     #[command(flatten)]
     embedded: EmbeddedArgs,
     /// Print the report as one JSON object on the last line.
@@ -276,6 +286,11 @@ impl Target {
             ),
             None => format!("server at {}", self.addr),
         }
+    }
+
+    /// The embedded server's temporary directory, where the raw-disk baseline writes.
+    fn scratch_dir(&self) -> Option<&std::path::Path> {
+        self.embedded.as_ref().map(|e| e.dir.path())
     }
 
     /// Bytes appended to segment files so far, where the server is embedded and can tell.
@@ -587,7 +602,24 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
         (None, None) => Some(DEFAULT_RECORDS),
         (r, _) => r,
     };
+    if args.baseline && server.is_some() {
+        return Err(fail(
+            "--baseline measures the disk under the embedded server's directory; against --server, run dd on the server's disk instead",
+        ));
+    }
     let target = Target::open(server, &args.embedded)?;
+    // The baseline writes about as many bytes as the run will (batch and record headers
+    // included), so that both see the disk and the page cache alike.
+    let baseline_bytes = records
+        .filter(|_| duration.is_none())
+        .map_or(BASELINE_MAX, |n| {
+            (n * (args.record_bytes as u64 + 14)).min(BASELINE_MAX)
+        })
+        .max(BASELINE_CHUNK as u64);
+    let baseline_before = match target.scratch_dir() {
+        Some(dir) if args.baseline => Some(disk_baseline(dir, baseline_bytes)?),
+        _ => None,
+    };
     let load = Load {
         stream: fresh_stream_name(),
         records,
@@ -625,9 +657,17 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
         Ok::<_, BoxError>((measured, after.fsyncs.saturating_sub(before.fsyncs), disk))
     });
     drop(runtime);
+    let baseline_after = match (target.scratch_dir(), &outcome) {
+        (Some(dir), Ok(_)) if args.baseline => Some(disk_baseline(dir, baseline_bytes)?),
+        _ => None,
+    };
     let described = target.describe();
     target.close()?;
     let (m, fsyncs, disk) = outcome?;
+    // The run is compared with the mean of the better way before it and after it.
+    let baseline = baseline_before
+        .zip(baseline_after)
+        .map(|(a, b)| (a, b, (a.best() + b.best()) / 2.0));
 
     let secs = m.elapsed.as_secs_f64().max(1e-9);
     let mut out = std::io::stdout().lock();
@@ -654,6 +694,19 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
             out,
             "  disk:        {fsyncs} fsyncs on the server (bytes on disk are counted only for the embedded server)"
         )?,
+    }
+    let disk_mib_s = disk.map(|d| d as f64 / secs / MIB);
+    let ratio = disk_mib_s.zip(baseline).map(|(d, (_, _, mean))| d / mean);
+    if let (Some((before, after, mean)), Some(ratio)) = (baseline, ratio) {
+        writeln!(
+            out,
+            "  raw disk:    512 KiB writes with one fdatasync (dd conv=fdatasync) {:.1} MiB/s before, {:.1} after; with an fdatasync each {:.1} before, {:.1} after",
+            before.one_sync, after.one_sync, before.sync_each, after.sync_each
+        )?;
+        writeln!(
+            out,
+            "  ratio:       {ratio:.2}x the raw disk (the run's disk MiB/s over the mean of the better baseline before and after, {mean:.1} MiB/s)"
+        )?;
     }
     let rss = peak_rss_bytes().filter(|_| server.is_none());
     if let Some(rss) = rss {
@@ -682,6 +735,17 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
                 ),
             );
             o.insert("disk_bytes".into(), json!(disk));
+            o.insert("disk_mib_per_sec".into(), json!(disk_mib_s));
+            o.insert("baseline_mib_per_sec".into(), json!(baseline.map(|b| b.2)));
+            for (key, value) in [
+                ("baseline_dd_before", baseline.map(|b| b.0.one_sync)),
+                ("baseline_dd_after", baseline.map(|b| b.1.one_sync)),
+                ("baseline_sync_each_before", baseline.map(|b| b.0.sync_each)),
+                ("baseline_sync_each_after", baseline.map(|b| b.1.sync_each)),
+            ] {
+                o.insert(format!("{key}_mib_per_sec"), json!(value));
+            }
+            o.insert("ratio_to_baseline".into(), json!(ratio));
             o.insert("fsyncs".into(), json!(fsyncs));
             o.insert("peak_rss_bytes".into(), json!(rss));
         }
@@ -735,6 +799,63 @@ fn report_json(command: &str, m: &Measured) -> serde_json::Value {
         "p999_ms": ms(h.value_at_quantile(0.999)),
         "max_ms": ms(h.max()),
     })
+}
+
+/// The raw disk's sequential write bandwidth in MiB/s, two ways, each writing `bytes` in 512 KiB
+/// writes to a new file in `dir` (deleted afterwards): as `dd if=/dev/zero of=FILE bs=512K
+/// conv=fdatasync` does, with one `fdatasync` at the end; and with an `fdatasync` after every
+/// write, the discipline of a log that acknowledges each append. The better of the two is what
+/// the run is compared with.
+fn disk_baseline(dir: &std::path::Path, bytes: u64) -> Result<Baseline, BoxError> {
+    let path = dir.join("baseline");
+    let mut rng = SmallRng::seed_from_u64(0xba5e);
+    let mut chunk = vec![0u8; BASELINE_CHUNK];
+    rng.fill_bytes(&mut chunk);
+    let written = bytes.div_ceil(BASELINE_CHUNK as u64) * BASELINE_CHUNK as u64;
+    let measure = |sync_each: bool| -> Result<f64, BoxError> {
+        let run = || -> std::io::Result<Duration> {
+            let mut file = std::fs::File::create(&path)?;
+            let started = Instant::now();
+            let mut done = 0u64;
+            while done < written {
+                file.write_all(&chunk)?;
+                if sync_each {
+                    file.sync_data()?;
+                }
+                done += BASELINE_CHUNK as u64;
+            }
+            file.sync_data()?;
+            Ok(started.elapsed())
+        };
+        let took = run();
+        let _ = std::fs::remove_file(&path);
+        let took = took.map_err(|e| {
+            fail(format!(
+                "the raw-disk baseline could not write {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(written as f64 / took.as_secs_f64().max(1e-9) / MIB)
+    };
+    Ok(Baseline {
+        one_sync: measure(false)?,
+        sync_each: measure(true)?,
+    })
+}
+
+/// Raw-disk bandwidth, MiB/s, from [`disk_baseline`].
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    /// 512 KiB writes and one fdatasync at the end (`dd conv=fdatasync`).
+    one_sync: f64,
+    /// An fdatasync after every 512 KiB write.
+    sync_each: f64,
+}
+
+impl Baseline {
+    fn best(self) -> f64 {
+        self.one_sync.max(self.sync_each)
+    }
 }
 
 /// This process's peak resident set size (`VmHWM`), on Linux.
