@@ -654,7 +654,8 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
                 .await
                 .map_err(client_err)?;
         }
-        Ok::<_, BoxError>((measured, after.fsyncs.saturating_sub(before.fsyncs), disk))
+        let fsyncs = after.fsyncs.saturating_sub(before.fsyncs);
+        Ok::<_, BoxError>((measured, fsyncs, disk, after))
     });
     drop(runtime);
     let baseline_after = match (target.scratch_dir(), &outcome) {
@@ -663,7 +664,7 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
     };
     let described = target.describe();
     target.close()?;
-    let (m, fsyncs, disk) = outcome?;
+    let (m, fsyncs, disk, stats) = outcome?;
     // The run is compared with the mean of the better way before it and after it.
     let baseline = baseline_before
         .zip(baseline_after)
@@ -695,6 +696,21 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
             "  disk:        {fsyncs} fsyncs on the server (bytes on disk are counted only for the embedded server)"
         )?,
     }
+    // The server's own view: its latency histograms count since it started (for an embedded
+    // server, exactly this run).
+    writeln!(
+        out,
+        "  server:      put p50 {:.2} ms, p99 {:.2} ms (decoded to acknowledged); fsync p50 <= {:.2} ms, p99 <= {:.2} ms{}",
+        ms(stats.put_latency_us_p50),
+        ms(stats.put_latency_us_p99),
+        ms(stats.fsync_latency_us_p50),
+        ms(stats.fsync_latency_us_p99),
+        if server.is_some() {
+            " (since the server started)"
+        } else {
+            ""
+        }
+    )?;
     let disk_mib_s = disk.map(|d| d as f64 / secs / MIB);
     let ratio = disk_mib_s.zip(baseline).map(|(d, (_, _, mean))| d / mean);
     if let (Some((before, after, mean)), Some(ratio)) = (baseline, ratio) {
@@ -747,6 +763,22 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
             }
             o.insert("ratio_to_baseline".into(), json!(ratio));
             o.insert("fsyncs".into(), json!(fsyncs));
+            o.insert(
+                "server_put_p50_ms".into(),
+                json!(ms(stats.put_latency_us_p50)),
+            );
+            o.insert(
+                "server_put_p99_ms".into(),
+                json!(ms(stats.put_latency_us_p99)),
+            );
+            o.insert(
+                "server_fsync_p50_ms".into(),
+                json!(ms(stats.fsync_latency_us_p50)),
+            );
+            o.insert(
+                "server_fsync_p99_ms".into(),
+                json!(ms(stats.fsync_latency_us_p99)),
+            );
             o.insert("peak_rss_bytes".into(), json!(rss));
         }
         json_line(&mut out, &v)?;

@@ -609,6 +609,15 @@ impl Response {
                 }
             }
             Self::Read(r) => {
+                // One reservation for the whole answer: growing a buffer of megabytes by
+                // doubling would copy it several times over.
+                b.reserve(
+                    28 + r
+                        .records
+                        .iter()
+                        .map(|rec| 22 + rec.key.len() + rec.value.len())
+                        .sum::<usize>(),
+                );
                 b.put_u64_le(r.start_offset);
                 b.put_u64_le(r.end_offset);
                 b.put_u64_le(r.next_offset);
