@@ -489,12 +489,13 @@ fn templates(load: &Load, producer: usize) -> Templates {
 /// Puts records as fast as the server acknowledges them, until the record budget or the time
 /// is spent.
 async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured, BoxError> {
-    let shared = Shared::new(load.records, load.duration);
     let mut tasks = tokio::task::JoinSet::new();
     let mut clients = Vec::with_capacity(load.producers);
     for _ in 0..load.producers {
         clients.push(connect(addr).await?);
     }
+    // The time bound starts with the clock, once every connection is open.
+    let shared = Shared::new(load.records, load.duration);
     let started = Instant::now();
     for (p, client) in clients.into_iter().enumerate() {
         let t = Arc::new(templates(load, p));
@@ -916,13 +917,13 @@ async fn run_reads(
     bar: &ProgressBar,
 ) -> Result<Measured, BoxError> {
     let total: u64 = spans.iter().map(|s| s.end - s.start).sum();
-    let shared = Shared::new(None, duration);
     let bytes = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let mut clients = Vec::with_capacity(args.consumers);
     for _ in 0..args.consumers {
         clients.push(connect(addr).await?);
     }
+    let shared = Shared::new(None, duration);
     let started = Instant::now();
     for (c, client) in clients.into_iter().enumerate() {
         let mine: Vec<Span> = spans
