@@ -439,6 +439,36 @@ async fn tick(bar: ProgressBar, shared: Arc<Shared>, started: Instant, by_time: 
     }
 }
 
+/// What a load or read task returns: its latencies and request count, or why it stopped.
+type TaskResult = Result<(Histogram<u64>, u64), String>;
+
+/// Waits for every task and merges their histograms and counts; the first error wins.
+async fn join_all(tasks: &mut tokio::task::JoinSet<TaskResult>) -> TaskResult {
+    let mut latency = new_histogram();
+    let mut requests = 0;
+    let mut error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok((h, n))) => {
+                if let Err(e) = latency.add(h) {
+                    error.get_or_insert(e.to_string());
+                }
+                requests += n;
+            }
+            Ok(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            Err(e) => {
+                error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok((latency, requests)),
+    }
+}
+
 /// Settings of one produce phase.
 struct Load {
     stream: String,
@@ -541,28 +571,10 @@ async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured
         started,
         load.records.is_none(),
     ));
-    let mut latency = new_histogram();
-    let mut requests = 0;
-    let mut error = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok((h, n))) => {
-                latency.add(h).map_err(|e| fail(e.to_string()))?;
-                requests += n;
-            }
-            Ok(Err(e)) => {
-                error.get_or_insert(e);
-            }
-            Err(e) => {
-                error.get_or_insert(e.to_string());
-            }
-        }
-    }
+    let joined = join_all(&mut tasks).await;
     let elapsed = started.elapsed();
     ticker.abort();
-    if let Some(e) = error {
-        return Err(fail(format!("a put failed: {e}")));
-    }
+    let (latency, requests) = joined.map_err(|e| fail(format!("a put failed: {e}")))?;
     let records = shared.done.load(Ordering::Relaxed);
     Ok(Measured {
         records,
@@ -981,28 +993,10 @@ async fn run_reads(
         });
     }
     let ticker = tokio::spawn(tick(bar.clone(), Arc::clone(&shared), started, false));
-    let mut latency = new_histogram();
-    let mut requests = 0;
-    let mut error = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok((h, n))) => {
-                latency.add(h).map_err(|e| fail(e.to_string()))?;
-                requests += n;
-            }
-            Ok(Err(e)) => {
-                error.get_or_insert(e);
-            }
-            Err(e) => {
-                error.get_or_insert(e.to_string());
-            }
-        }
-    }
+    let joined = join_all(&mut tasks).await;
     let elapsed = started.elapsed();
     ticker.abort();
-    if let Some(e) = error {
-        return Err(fail(format!("a read failed: {e}")));
-    }
+    let (latency, requests) = joined.map_err(|e| fail(format!("a read failed: {e}")))?;
     let records = shared.done.load(Ordering::Relaxed);
     debug_assert!(records <= total);
     Ok(Measured {
