@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_log::io::{FileSystem, StdFs};
@@ -13,9 +13,12 @@ use tracing::{info, warn};
 
 use crate::catalog::{CATALOG_FILE, CATALOG_MAGIC, Catalog, PartitionMeta, StreamMeta};
 use crate::error::{Error, IoContext, Result};
+use crate::group::{self, Groups};
 use crate::lock::DirLock;
 use crate::routing::{self, HashRange, RoutingTable};
 use crate::{meta, name};
+
+mod groups;
 
 const STREAMS_DIR: &str = "streams";
 const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -238,6 +241,10 @@ pub struct Broker {
     admin: Mutex<()>,
     /// Consumer checkpoints by group, loaded on first use.
     checkpoints: Mutex<BTreeMap<String, GroupCheckpoints>>,
+    /// Consumer groups with live members.
+    groups: Groups,
+    /// The coordinator's clock: session timeouts are measured from here.
+    started: Instant,
     _lock: Option<DirLock>,
 }
 
@@ -360,6 +367,8 @@ impl Broker {
             state: RwLock::new(Arc::new(State { catalog, streams })),
             admin: Mutex::new(()),
             checkpoints: Mutex::new(BTreeMap::new()),
+            groups: Groups::default(),
+            started: Instant::now(),
             _lock: lock,
         })
     }
@@ -996,7 +1005,8 @@ impl Broker {
 
     /// Records that consumer group `group` has processed `stream`'s `partition` up to (not
     /// including) `offset`. Durable when this returns. An offset past the partition's end is
-    /// refused.
+    /// refused, and so is a partition a live member of the group holds a lease on: only the
+    /// holder moves it, with [`Broker::commit_lease`].
     pub fn commit_checkpoint(
         &self,
         group: &str,
@@ -1007,6 +1017,25 @@ impl Broker {
         name::validate(group)?;
         let snap = self.snapshot();
         let s = snap.stream(stream)?;
+        s.partition(partition)?;
+        match self.groups.get(group, stream) {
+            Some(g) => {
+                // Held across the write, so no lease is granted from a checkpoint about to move.
+                let g = group::lock_group(&g);
+                if g.is_leased(partition, self.now_ms()) {
+                    return Err(Error::NotLeaseHolder {
+                        partition,
+                        epoch: 0,
+                        current: None,
+                    });
+                }
+                self.write_checkpoint(group, s, partition, offset)
+            }
+            None => self.write_checkpoint(group, s, partition, offset),
+        }
+    }
+
+    fn write_checkpoint(&self, group: &str, s: &Stream, partition: u32, offset: u64) -> Result<()> {
         let p = s.partition(partition)?;
         let end = s.end_offset(partition, p);
         if offset > end {
@@ -1039,21 +1068,25 @@ impl Broker {
         let snap = self.snapshot();
         let s = snap.stream(stream)?;
         s.partition(partition)?;
+        Ok(self
+            .group_checkpoints(group)?
+            .and_then(|m| m.get(&(s.meta.uid, partition)).copied()))
+    }
+
+    /// Every checkpoint of a group, `None` if it has none on disk.
+    fn group_checkpoints(&self, group: &str) -> Result<Option<GroupCheckpoints>> {
         let mut all = lock(&self.checkpoints);
-        if !all.contains_key(group) {
-            // Only groups that exist on disk are cached: asking about made-up group names must
-            // not grow memory.
-            match meta::load(&*self.fs, CHECKPOINT_MAGIC, &self.checkpoint_path(group))? {
-                Some(loaded) => {
-                    all.insert(group.to_owned(), loaded);
-                }
-                None => return Ok(None),
-            }
+        if let Some(m) = all.get(group) {
+            return Ok(Some(m.clone()));
         }
-        Ok(all
-            .get(group)
-            .and_then(|m| m.get(&(s.meta.uid, partition)))
-            .copied())
+        // Only groups that exist on disk are cached: asking about made-up group names must
+        // not grow memory.
+        let loaded: Option<GroupCheckpoints> =
+            meta::load(&*self.fs, CHECKPOINT_MAGIC, &self.checkpoint_path(group))?;
+        if let Some(m) = &loaded {
+            all.insert(group.to_owned(), m.clone());
+        }
+        Ok(loaded)
     }
 
     fn checkpoint_path(&self, group: &str) -> PathBuf {

@@ -121,6 +121,39 @@ pub enum Error {
         /// The partition's end offset.
         end: u64,
     },
+    /// A group request from a member the coordinator does not know (never joined, left, or
+    /// timed out).
+    #[error(
+        "unknown group member {0:?}: it never joined, left, or missed heartbeats past its session timeout; join again"
+    )]
+    UnknownMember(String),
+
+    /// A commit under a lease the member does not hold at that epoch (fencing).
+    #[error("partition {partition}: no lease at epoch {epoch} held by this member{}", current.map(|c| format!(" (the lease is at epoch {c} now)")).unwrap_or_default())]
+    NotLeaseHolder {
+        /// The partition.
+        partition: u32,
+        /// The epoch the commit named.
+        epoch: u64,
+        /// The lease's epoch now, if the partition is leased.
+        current: Option<u64>,
+    },
+
+    /// A group with no members and no checkpoints on the stream.
+    #[error("consumer group {group:?} has no members and no checkpoints on stream {stream:?}")]
+    GroupNotFound {
+        /// Group name.
+        group: String,
+        /// Stream name.
+        stream: String,
+    },
+
+    /// The group or the broker has its maximum of members.
+    #[error("too many consumer group members (the most is {max})")]
+    TooManyMembers {
+        /// The limit.
+        max: usize,
+    },
     /// Another broker holds the data directory.
     #[error("data directory {} is in use by another broker{}", dir.display(), holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Locked {

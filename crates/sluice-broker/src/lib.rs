@@ -28,6 +28,7 @@
 mod broker;
 pub mod catalog;
 pub mod error;
+pub mod group;
 mod lock;
 mod meta;
 pub mod name;
@@ -38,5 +39,9 @@ pub use broker::{
     PendingAck, PutAck, PutRecord, RetentionReport, StreamConfig, StreamDescription, SubmittedPut,
 };
 pub use error::{Error, Result};
+pub use group::{
+    GroupDescription, GroupPartition, GroupPartitionState, GroupSummary, InitialPosition, Lease,
+    MemberDescription,
+};
 pub use lock::LOCK_FILE_NAME;
 pub use routing::HashRange;

@@ -167,7 +167,7 @@ impl Client {
         conn.submit(self.inner.next_id(), request, deadline).await
     }
 
-    async fn call(&self, request: Request) -> Result<Response, ClientError> {
+    pub(crate) async fn call(&self, request: Request) -> Result<Response, ClientError> {
         self.submit(&request, Duration::ZERO).await?.wait().await
     }
 
@@ -364,6 +364,6 @@ fn partition_ref(stream: &str, partition: u32) -> PartitionRef {
 
 /// A response of another kind than the request's. `InFlight::wait` already compares the
 /// kinds, so this only guards against a protocol change that this match was not taught.
-fn unexpected() -> ClientError {
+pub(crate) fn unexpected() -> ClientError {
     WireError::Invalid("response kind").into()
 }

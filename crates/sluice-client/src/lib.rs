@@ -58,6 +58,7 @@ pub mod client;
 pub mod config;
 mod connection;
 pub mod error;
+pub mod group;
 pub mod partition_reader;
 pub mod producer;
 
@@ -65,10 +66,12 @@ pub use blocking::BlockingClient;
 pub use client::{Client, EncodedPut};
 pub use config::ClientConfig;
 pub use error::ClientError;
+pub use group::{GroupBatch, GroupConfig, GroupConsumer, GroupEvent};
 pub use partition_reader::{PartitionReader, ReaderConfig};
 pub use producer::{AckHandle, Producer, ProducerConfig};
 pub use sluice_protocol::message::{
-    CreateStream, PartitionInfo, PutAck, PutRecord, ReadFrom, ReadRequest, ReadResponse,
+    CreateStream, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, LeaseInfo,
+    MemberInfo, MemberRef, PartitionInfo, PutAck, PutRecord, ReadFrom, ReadRequest, ReadResponse,
     ServerStats, StreamInfo, StreamStats, WireRecord,
 };
 pub use sluice_protocol::{ErrorCode, PROTOCOL_VERSION, WireError};

@@ -56,6 +56,17 @@ pub enum ErrorCode {
     /// The server already has its maximum of connections; retry later. (A connection with too
     /// many requests in flight is not answered with this: the server stops reading from it.)
     Busy = 52,
+    /// A group request from a member the coordinator does not know: it never joined, it left,
+    /// or it missed heartbeats for longer than its session timeout (and lost its leases). The
+    /// member should join again.
+    UnknownMember = 70,
+    /// A group commit for a partition lease the member no longer holds at that epoch: the
+    /// lease moved to another member (fencing), so the commit was not applied.
+    NotLeaseHolder = 71,
+    /// The consumer group has no members and no checkpoints on this stream.
+    GroupNotFound = 72,
+    /// The group, or the server, has the most members it may have.
+    TooManyMembers = 73,
     /// A failure inside the server that no request should be able to cause (a bug); the message
     /// says what.
     Internal = 60,
@@ -63,7 +74,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::UnsupportedVersion,
         Self::MalformedRequest,
         Self::FrameTooLarge,
@@ -89,6 +100,10 @@ impl ErrorCode {
         Self::StorageUnavailable,
         Self::Busy,
         Self::Internal,
+        Self::UnknownMember,
+        Self::NotLeaseHolder,
+        Self::GroupNotFound,
+        Self::TooManyMembers,
     ];
 
     /// The code's number on the wire.

@@ -49,10 +49,22 @@ pub enum Kind {
     FetchCheckpoint = 12,
     /// Server statistics.
     Stats = 13,
+    /// Join a consumer group.
+    JoinGroup = 14,
+    /// A group member's heartbeat; answered with its leases.
+    Heartbeat = 15,
+    /// Commit a leased partition's position, fenced by the lease epoch.
+    CommitLease = 16,
+    /// Leave a consumer group.
+    LeaveGroup = 17,
+    /// Describe a consumer group on a stream.
+    DescribeGroup = 18,
+    /// List consumer groups.
+    ListGroups = 19,
 }
 
 impl Kind {
-    const ALL: [Kind; 13] = [
+    const ALL: [Kind; 19] = [
         Kind::Hello,
         Kind::CreateStream,
         Kind::DeleteStream,
@@ -66,6 +78,12 @@ impl Kind {
         Kind::CommitCheckpoint,
         Kind::FetchCheckpoint,
         Kind::Stats,
+        Kind::JoinGroup,
+        Kind::Heartbeat,
+        Kind::CommitLease,
+        Kind::LeaveGroup,
+        Kind::DescribeGroup,
+        Kind::ListGroups,
     ];
 
     /// The kind for a number.
@@ -256,6 +274,161 @@ pub struct PartitionRef {
     pub partition: u32,
 }
 
+/// Where a consumer group starts reading a partition it has no checkpoint for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitialPosition {
+    /// The oldest record still held (Kinesis's `TRIM_HORIZON`, Kafka's `earliest`).
+    #[default]
+    Earliest,
+    /// The partition's end when the lease is granted: only records appended later.
+    Latest,
+}
+
+/// A member asks to join a consumer group on a stream (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGroup {
+    /// Group name.
+    pub group: String,
+    /// Stream the group consumes.
+    pub stream: String,
+    /// A label for `describe` (a host name, a process id); need not be unique.
+    pub member_name: String,
+    /// A member that sends no heartbeat for this long loses its leases.
+    pub session_timeout_ms: u32,
+    /// Where to start in partitions the group has no checkpoint for. The first member to join
+    /// a group (when it has no members) sets it for the group.
+    pub initial: InitialPosition,
+}
+
+/// The answer to [`JoinGroup`] (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The member's id, unique for the server's lifetime; every later group request names it.
+    pub member_id: String,
+    /// How often the member should heartbeat (a third of its session timeout).
+    pub heartbeat_interval_ms: u32,
+}
+
+/// A member, named in a group request (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRef {
+    /// Group name.
+    pub group: String,
+    /// Stream name.
+    pub stream: String,
+    /// The id [`Joined`] gave.
+    pub member_id: String,
+}
+
+/// A partition lease held by a member (postcard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// Partition id.
+    pub partition: u32,
+    /// The lease's epoch: it grows each time the partition changes hands, and a commit must
+    /// name the epoch of the lease it was made under.
+    pub epoch: u64,
+    /// Where the member starts reading: the group's checkpoint, or the initial position when
+    /// there is none.
+    pub start_offset: u64,
+    /// The coordinator wants the partition for another member: stop reading it, commit what
+    /// was processed, and release it in the next heartbeat.
+    pub revoking: bool,
+}
+
+/// A heartbeat (postcard): the member is alive, and gives back the leases it was asked to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The member.
+    pub member: MemberRef,
+    /// Leases released, as `(partition, epoch)`.
+    pub released: Vec<(u32, u64)>,
+}
+
+/// A commit under a lease (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitLease {
+    /// The member.
+    pub member: MemberRef,
+    /// Partition id.
+    pub partition: u32,
+    /// Epoch of the lease the records were read under.
+    pub epoch: u64,
+    /// Next offset the group will read in the partition.
+    pub offset: u64,
+}
+
+/// A member of a group as described (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Member id.
+    pub member_id: String,
+    /// The label it joined with.
+    pub name: String,
+    /// Its session timeout.
+    pub session_timeout_ms: u32,
+    /// Time since its last heartbeat or commit.
+    pub last_seen_ms_ago: u64,
+    /// Partitions it leases.
+    pub partitions: Vec<u32>,
+}
+
+/// One partition of a described group (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPartitionInfo {
+    /// Partition id.
+    pub partition: u32,
+    /// True while the partition takes writes.
+    pub open: bool,
+    /// `leased`, `revoking` (being handed to another member), `unassigned` (no live member
+    /// took it yet), `waiting` (a parent is not consumed to its end), or `finished` (closed and
+    /// consumed to its end).
+    pub state: String,
+    /// Member holding the lease.
+    pub owner: Option<String>,
+    /// Epoch of the lease (0 if it was never leased since the server started).
+    pub epoch: u64,
+    /// The group's committed offset.
+    pub checkpoint: Option<u64>,
+    /// First offset held.
+    pub start_offset: u64,
+    /// Next offset to be written (where a closed partition ended).
+    pub end_offset: u64,
+    /// Records between the group's position (its checkpoint, else the start) and the end.
+    pub lag_records: u64,
+    /// Milliseconds between the next record the group will process and the newest record
+    /// (Kinesis's `MillisBehindLatest`); 0 when caught up.
+    pub lag_ms: u64,
+}
+
+/// A consumer group on a stream as described (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// Group name.
+    pub group: String,
+    /// Stream name.
+    pub stream: String,
+    /// Where partitions without a checkpoint start.
+    pub initial: InitialPosition,
+    /// Live members.
+    pub members: Vec<MemberInfo>,
+    /// Every partition of the stream.
+    pub partitions: Vec<GroupPartitionInfo>,
+}
+
+/// A consumer group in a listing (postcard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// Group name.
+    pub group: String,
+    /// Stream name.
+    pub stream: String,
+    /// Live members.
+    pub members: u32,
+    /// Partitions with a committed checkpoint.
+    pub checkpoints: u32,
+}
+
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -329,6 +502,23 @@ pub enum Request {
     },
     /// Server statistics.
     Stats,
+    /// Join a consumer group.
+    JoinGroup(JoinGroup),
+    /// A member's heartbeat.
+    Heartbeat(Heartbeat),
+    /// Commit under a lease.
+    CommitLease(CommitLease),
+    /// Leave a group, giving up every lease at once.
+    LeaveGroup(MemberRef),
+    /// Describe a group on a stream.
+    DescribeGroup {
+        /// Group name.
+        group: String,
+        /// Stream name.
+        stream: String,
+    },
+    /// List consumer groups.
+    ListGroups,
 }
 
 /// A successful response.
@@ -364,6 +554,18 @@ pub enum Response {
     FetchCheckpoint(Option<u64>),
     /// Statistics.
     Stats(ServerStats),
+    /// The member's id.
+    JoinGroup(Joined),
+    /// The member's leases.
+    Heartbeat(Vec<LeaseInfo>),
+    /// Committed.
+    CommitLease,
+    /// Left.
+    LeaveGroup,
+    /// The group.
+    DescribeGroup(GroupInfo),
+    /// Groups, by group then stream.
+    ListGroups(Vec<GroupSummary>),
 }
 
 /// An error response body: `code u16 | message_len u16 | message (UTF-8)`.
@@ -407,6 +609,12 @@ impl Request {
             Self::CommitCheckpoint { .. } => Kind::CommitCheckpoint,
             Self::FetchCheckpoint { .. } => Kind::FetchCheckpoint,
             Self::Stats => Kind::Stats,
+            Self::JoinGroup(_) => Kind::JoinGroup,
+            Self::Heartbeat(_) => Kind::Heartbeat,
+            Self::CommitLease(_) => Kind::CommitLease,
+            Self::LeaveGroup(_) => Kind::LeaveGroup,
+            Self::DescribeGroup { .. } => Kind::DescribeGroup,
+            Self::ListGroups => Kind::ListGroups,
         }
     }
 
@@ -425,7 +633,12 @@ impl Request {
             }
             Self::CreateStream(c) => postcard_into(b, c),
             Self::DeleteStream { name } | Self::DescribeStream { name } => postcard_into(b, name),
-            Self::ListStreams | Self::Stats => {}
+            Self::ListStreams | Self::Stats | Self::ListGroups => {}
+            Self::JoinGroup(j) => postcard_into(b, j),
+            Self::Heartbeat(h) => postcard_into(b, h),
+            Self::CommitLease(c) => postcard_into(b, c),
+            Self::LeaveGroup(m) => postcard_into(b, m),
+            Self::DescribeGroup { group, stream } => postcard_into(b, &(group, stream)),
             Self::Put { stream, records } => encode_put_body(stream, records, b),
             Self::Read(r) => {
                 put_str(b, &r.stream);
@@ -558,6 +771,15 @@ impl Request {
                 Self::FetchCheckpoint { group, target }
             }
             Kind::Stats => Self::Stats,
+            Kind::JoinGroup => Self::JoinGroup(r.postcard()?),
+            Kind::Heartbeat => Self::Heartbeat(r.postcard()?),
+            Kind::CommitLease => Self::CommitLease(r.postcard()?),
+            Kind::LeaveGroup => Self::LeaveGroup(r.postcard()?),
+            Kind::DescribeGroup => {
+                let (group, stream) = r.postcard()?;
+                Self::DescribeGroup { group, stream }
+            }
+            Kind::ListGroups => Self::ListGroups,
         };
         r.finish()?;
         Ok(req)
@@ -581,6 +803,12 @@ impl Response {
             Self::CommitCheckpoint => Kind::CommitCheckpoint,
             Self::FetchCheckpoint(_) => Kind::FetchCheckpoint,
             Self::Stats(_) => Kind::Stats,
+            Self::JoinGroup(_) => Kind::JoinGroup,
+            Self::Heartbeat(_) => Kind::Heartbeat,
+            Self::CommitLease => Kind::CommitLease,
+            Self::LeaveGroup => Kind::LeaveGroup,
+            Self::DescribeGroup(_) => Kind::DescribeGroup,
+            Self::ListGroups(_) => Kind::ListGroups,
         }
     }
 
@@ -599,7 +827,15 @@ impl Response {
         match self {
             Self::Hello { version } => b.put_u16_le(*version),
             Self::CreateStream(s) | Self::DescribeStream(s) => postcard_into(b, s),
-            Self::DeleteStream | Self::SetRetention | Self::CommitCheckpoint => {}
+            Self::DeleteStream
+            | Self::SetRetention
+            | Self::CommitCheckpoint
+            | Self::CommitLease
+            | Self::LeaveGroup => {}
+            Self::JoinGroup(j) => postcard_into(b, j),
+            Self::Heartbeat(leases) => postcard_into(b, leases),
+            Self::DescribeGroup(g) => postcard_into(b, g),
+            Self::ListGroups(groups) => postcard_into(b, groups),
             Self::ListStreams(names) => postcard_into(b, names),
             Self::Put(acks) => {
                 b.put_u32_le(u32::try_from(acks.len()).unwrap_or(u32::MAX));
@@ -700,6 +936,12 @@ impl Response {
             Kind::Merge => Self::Merge(r.postcard()?),
             Kind::FetchCheckpoint => Self::FetchCheckpoint(r.postcard()?),
             Kind::Stats => Self::Stats(r.postcard()?),
+            Kind::JoinGroup => Self::JoinGroup(r.postcard()?),
+            Kind::Heartbeat => Self::Heartbeat(r.postcard()?),
+            Kind::CommitLease => Self::CommitLease,
+            Kind::LeaveGroup => Self::LeaveGroup,
+            Kind::DescribeGroup => Self::DescribeGroup(r.postcard()?),
+            Kind::ListGroups => Self::ListGroups(r.postcard()?),
         };
         r.finish()?;
         Ok(resp)

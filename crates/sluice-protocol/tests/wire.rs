@@ -15,8 +15,10 @@ use sluice_protocol::ErrorCode;
 use sluice_protocol::error::WireError;
 use sluice_protocol::frame::{FLAG_ERROR, FLAG_RESPONSE, FrameHeader, HEADER_LEN};
 use sluice_protocol::message::{
-    CreateStream, ErrorResponse, Kind, PartitionInfo, PartitionRef, PutAck, PutRecord, ReadFrom,
-    ReadRequest, ReadResponse, Request, Response, ServerStats, StreamInfo, StreamStats, WireRecord,
+    CommitLease, CreateStream, ErrorResponse, GroupInfo, GroupPartitionInfo, GroupSummary,
+    Heartbeat, InitialPosition, JoinGroup, Joined, Kind, LeaseInfo, MemberInfo, MemberRef,
+    PartitionInfo, PartitionRef, PutAck, PutRecord, ReadFrom, ReadRequest, ReadResponse, Request,
+    Response, ServerStats, StreamInfo, StreamStats, WireRecord,
 };
 
 /// The server's default limit on a frame body.
@@ -401,7 +403,7 @@ fn the_error_code_table_on_the_page_is_complete_and_right() {
 #[test]
 fn the_kind_table_on_the_page_is_complete_and_right() {
     let on_page = doc_table("| kind | name | request body | response body |");
-    assert_eq!(on_page.len(), 13);
+    assert_eq!(on_page.len(), 19);
     for (n, name) in on_page {
         let kind = Kind::from_u16(n).unwrap();
         assert_eq!(kind as u16, n);
@@ -513,7 +515,107 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), partition_ref())
             .prop_map(|(group, target)| Request::FetchCheckpoint { group, target }),
         Just(Request::Stats),
+        (text(), text(), text(), any::<u32>(), initial_position()).prop_map(
+            |(group, stream, member_name, session_timeout_ms, initial)| {
+                Request::JoinGroup(JoinGroup {
+                    group,
+                    stream,
+                    member_name,
+                    session_timeout_ms,
+                    initial,
+                })
+            }
+        ),
+        (
+            member_ref(),
+            proptest::collection::vec(any::<(u32, u64)>(), 0..4)
+        )
+            .prop_map(|(member, released)| Request::Heartbeat(Heartbeat { member, released })),
+        (member_ref(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+            |(member, partition, epoch, offset)| Request::CommitLease(CommitLease {
+                member,
+                partition,
+                epoch,
+                offset
+            })
+        ),
+        member_ref().prop_map(Request::LeaveGroup),
+        (text(), text()).prop_map(|(group, stream)| Request::DescribeGroup { group, stream }),
+        Just(Request::ListGroups),
     ]
+}
+
+fn initial_position() -> impl Strategy<Value = InitialPosition> {
+    prop_oneof![
+        Just(InitialPosition::Earliest),
+        Just(InitialPosition::Latest)
+    ]
+}
+
+fn member_ref() -> impl Strategy<Value = MemberRef> {
+    (text(), text(), text()).prop_map(|(group, stream, member_id)| MemberRef {
+        group,
+        stream,
+        member_id,
+    })
+}
+
+fn group_info() -> impl Strategy<Value = GroupInfo> {
+    let member = (
+        text(),
+        text(),
+        any::<u32>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u32>(), 0..4),
+    )
+        .prop_map(
+            |(member_id, name, session_timeout_ms, last_seen_ms_ago, partitions)| MemberInfo {
+                member_id,
+                name,
+                session_timeout_ms,
+                last_seen_ms_ago,
+                partitions,
+            },
+        );
+    let partition = (
+        any::<u32>(),
+        any::<bool>(),
+        text(),
+        any::<Option<String>>(),
+        any::<u64>(),
+        any::<Option<u64>>(),
+        any::<[u64; 4]>(),
+    )
+        .prop_map(
+            |(partition, open, state, owner, epoch, checkpoint, [start, end, lag, lag_ms])| {
+                GroupPartitionInfo {
+                    partition,
+                    open,
+                    state,
+                    owner,
+                    epoch,
+                    checkpoint,
+                    start_offset: start,
+                    end_offset: end,
+                    lag_records: lag,
+                    lag_ms,
+                }
+            },
+        );
+    (
+        text(),
+        text(),
+        initial_position(),
+        proptest::collection::vec(member, 0..3),
+        proptest::collection::vec(partition, 0..4),
+    )
+        .prop_map(|(group, stream, initial, members, partitions)| GroupInfo {
+            group,
+            stream,
+            initial,
+            members,
+            partitions,
+        })
 }
 
 fn partition_info() -> impl Strategy<Value = PartitionInfo> {
@@ -626,12 +728,45 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::CommitCheckpoint),
         any::<Option<u64>>().prop_map(Response::FetchCheckpoint),
         server_stats().prop_map(Response::Stats),
+        (text(), any::<u32>()).prop_map(|(member_id, heartbeat_interval_ms)| {
+            Response::JoinGroup(Joined {
+                member_id,
+                heartbeat_interval_ms,
+            })
+        }),
+        proptest::collection::vec(
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(partition, epoch, start_offset, revoking)| LeaseInfo {
+                    partition,
+                    epoch,
+                    start_offset,
+                    revoking,
+                }
+            ),
+            0..4
+        )
+        .prop_map(Response::Heartbeat),
+        Just(Response::CommitLease),
+        Just(Response::LeaveGroup),
+        group_info().prop_map(Response::DescribeGroup),
+        proptest::collection::vec(
+            (text(), text(), any::<u32>(), any::<u32>()).prop_map(
+                |(group, stream, members, checkpoints)| GroupSummary {
+                    group,
+                    stream,
+                    members,
+                    checkpoints,
+                }
+            ),
+            0..4
+        )
+        .prop_map(Response::ListGroups),
     ]
 }
 
 /// Any kind number worth trying: mostly the defined ones and their neighbours, sometimes any.
 fn kind_number() -> impl Strategy<Value = u16> {
-    prop_oneof![4 => 0u16..=15, 1 => any::<u16>()]
+    prop_oneof![4 => 0u16..=21, 1 => any::<u16>()]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -874,7 +1009,7 @@ fn read_position_tags_other_than_0_to_3_are_refused() {
 fn unknown_kinds_are_refused_by_both_decoders() {
     let body = Bytes::from(put_body());
     for kind in 0..=u16::MAX {
-        let known = (1..=13).contains(&kind);
+        let known = (1..=19).contains(&kind);
         assert_eq!(Kind::from_u16(kind).is_ok(), known, "kind {kind}");
         if !known {
             assert_eq!(

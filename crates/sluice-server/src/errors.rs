@@ -26,6 +26,10 @@ pub fn to_wire(e: &BrokerError) -> ErrorResponse {
         BrokerError::NotAdjacent { .. } => ErrorCode::NotAdjacent,
         BrokerError::TooManyPartitions { .. } => ErrorCode::TooManyPartitions,
         BrokerError::CheckpointBeyondEnd { .. } => ErrorCode::CheckpointBeyondEnd,
+        BrokerError::UnknownMember(_) => ErrorCode::UnknownMember,
+        BrokerError::NotLeaseHolder { .. } => ErrorCode::NotLeaseHolder,
+        BrokerError::GroupNotFound { .. } => ErrorCode::GroupNotFound,
+        BrokerError::TooManyMembers { .. } => ErrorCode::TooManyMembers,
         BrokerError::Log(l) => match l {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Corruption { .. } => ErrorCode::Corruption,

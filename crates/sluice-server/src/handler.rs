@@ -8,8 +8,9 @@ use sluice_broker::{PutRecord as BrokerRecord, StreamConfig, SubmittedPut};
 use sluice_log::ReadLimits;
 use sluice_protocol::ErrorCode;
 use sluice_protocol::message::{
-    ErrorResponse, PartitionInfo, PutRecord, ReadFrom, ReadRequest, ReadResponse, Request,
-    Response, StreamInfo, WireRecord,
+    ErrorResponse, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, Joined, LeaseInfo,
+    MemberInfo, PartitionInfo, PutRecord, ReadFrom, ReadRequest, ReadResponse, Request, Response,
+    StreamInfo, WireRecord,
 };
 
 use crate::errors::to_wire;
@@ -47,6 +48,51 @@ fn info(d: sluice_broker::StreamDescription) -> StreamInfo {
                 parents: p.parents,
                 start_offset: p.start_offset,
                 end_offset: p.end_offset,
+            })
+            .collect(),
+    }
+}
+
+fn broker_initial(i: InitialPosition) -> sluice_broker::InitialPosition {
+    match i {
+        InitialPosition::Earliest => sluice_broker::InitialPosition::Earliest,
+        InitialPosition::Latest => sluice_broker::InitialPosition::Latest,
+    }
+}
+
+fn group_info(d: sluice_broker::GroupDescription) -> GroupInfo {
+    GroupInfo {
+        group: d.group,
+        stream: d.stream,
+        initial: match d.initial {
+            sluice_broker::InitialPosition::Earliest => InitialPosition::Earliest,
+            sluice_broker::InitialPosition::Latest => InitialPosition::Latest,
+        },
+        members: d
+            .members
+            .into_iter()
+            .map(|m| MemberInfo {
+                member_id: m.member_id,
+                name: m.name,
+                session_timeout_ms: u32::try_from(m.session_timeout_ms).unwrap_or(u32::MAX),
+                last_seen_ms_ago: m.last_seen_ms_ago,
+                partitions: m.partitions,
+            })
+            .collect(),
+        partitions: d
+            .partitions
+            .into_iter()
+            .map(|p| GroupPartitionInfo {
+                partition: p.partition,
+                open: p.open,
+                state: p.state.as_str().to_owned(),
+                owner: p.owner,
+                epoch: p.epoch,
+                checkpoint: p.checkpoint,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+                lag_records: p.lag_records,
+                lag_ms: p.lag_ms,
             })
             .collect(),
     }
@@ -110,6 +156,73 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
             let o = blocking(move || b.fetch_checkpoint(&group, &target.stream, target.partition))
                 .await?;
             Ok(Response::FetchCheckpoint(o))
+        }
+        Request::JoinGroup(j) => {
+            let timeout = Duration::from_millis(u64::from(j.session_timeout_ms));
+            let initial = broker_initial(j.initial);
+            let member_id = blocking(move || {
+                b.join_group(&j.group, &j.stream, &j.member_name, timeout, initial)
+            })
+            .await?;
+            Ok(Response::JoinGroup(Joined {
+                member_id,
+                heartbeat_interval_ms: (j.session_timeout_ms / 3).max(1),
+            }))
+        }
+        Request::Heartbeat(h) => {
+            let leases = blocking(move || {
+                let m = &h.member;
+                b.heartbeat(&m.group, &m.stream, &m.member_id, &h.released)
+            })
+            .await?;
+            Ok(Response::Heartbeat(
+                leases
+                    .into_iter()
+                    .map(|l| LeaseInfo {
+                        partition: l.partition,
+                        epoch: l.epoch,
+                        start_offset: l.start_offset,
+                        revoking: l.revoking,
+                    })
+                    .collect(),
+            ))
+        }
+        Request::CommitLease(c) => {
+            blocking(move || {
+                let m = &c.member;
+                b.commit_lease(
+                    &m.group,
+                    &m.stream,
+                    &m.member_id,
+                    c.partition,
+                    c.epoch,
+                    c.offset,
+                )
+            })
+            .await?;
+            Ok(Response::CommitLease)
+        }
+        Request::LeaveGroup(m) => {
+            blocking(move || b.leave_group(&m.group, &m.stream, &m.member_id)).await?;
+            Ok(Response::LeaveGroup)
+        }
+        Request::DescribeGroup { group, stream } => {
+            let d = blocking(move || b.describe_group(&group, &stream)).await?;
+            Ok(Response::DescribeGroup(group_info(d)))
+        }
+        Request::ListGroups => {
+            let groups = blocking(move || b.list_groups()).await?;
+            Ok(Response::ListGroups(
+                groups
+                    .into_iter()
+                    .map(|g| GroupSummary {
+                        group: g.group,
+                        stream: g.stream,
+                        members: u32::try_from(g.members).unwrap_or(u32::MAX),
+                        checkpoints: u32::try_from(g.checkpoints).unwrap_or(u32::MAX),
+                    })
+                    .collect(),
+            ))
         }
         Request::Stats => {
             let io = tokio::task::spawn_blocking(move || b.io_stats())
