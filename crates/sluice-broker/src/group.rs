@@ -550,10 +550,13 @@ impl Group {
     }
 }
 
+/// Groups in memory by (group name, stream name), each locked on its own.
+type GroupMap = HashMap<(String, String), Arc<Mutex<Group>>>;
+
 /// Every group in memory, by (group, stream). A group stays in memory while it has members.
 #[derive(Debug)]
 pub(crate) struct Groups {
-    map: Mutex<HashMap<(String, String), Arc<Mutex<Group>>>>,
+    map: Mutex<GroupMap>,
     /// Random per broker instance, so member ids never repeat across restarts.
     instance: u32,
     next_member: AtomicU64,
@@ -584,7 +587,7 @@ impl Default for Groups {
 }
 
 impl Groups {
-    fn map(&self) -> MutexGuard<'_, HashMap<(String, String), Arc<Mutex<Group>>>> {
+    fn map(&self) -> MutexGuard<'_, GroupMap> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -464,15 +464,14 @@ impl GroupConsumer {
         for l in leases {
             if l.revoking {
                 release.push((l.partition, l.epoch));
-            } else if !self.owned.contains_key(&l.partition) {
-                self.owned.insert(
-                    l.partition,
-                    Owned {
-                        epoch: l.epoch,
-                        position: l.start_offset,
-                        end_seen: l.start_offset,
-                    },
-                );
+            } else if let std::collections::btree_map::Entry::Vacant(slot) =
+                self.owned.entry(l.partition)
+            {
+                slot.insert(Owned {
+                    epoch: l.epoch,
+                    position: l.start_offset,
+                    end_seen: l.start_offset,
+                });
                 self.events.push_back(GroupEvent::Assigned {
                     partition: l.partition,
                     epoch: l.epoch,

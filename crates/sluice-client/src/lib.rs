@@ -70,8 +70,8 @@ pub use group::{GroupBatch, GroupConfig, GroupConsumer, GroupEvent};
 pub use partition_reader::{PartitionReader, ReaderConfig};
 pub use producer::{AckHandle, Producer, ProducerConfig};
 pub use sluice_protocol::message::{
-    CreateStream, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, LeaseInfo,
-    MemberInfo, MemberRef, PartitionInfo, PutAck, PutRecord, ReadFrom, ReadRequest, ReadResponse,
-    ServerStats, StreamInfo, StreamStats, WireRecord,
+    CreateStream, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, JoinGroup, Joined,
+    LeaseInfo, MemberInfo, MemberRef, PartitionInfo, PutAck, PutRecord, ReadFrom, ReadRequest,
+    ReadResponse, ServerStats, StreamInfo, StreamStats, WireRecord,
 };
 pub use sluice_protocol::{ErrorCode, PROTOCOL_VERSION, WireError};
