@@ -71,6 +71,9 @@ struct Inner {
     /// The current connection. An async lock, so that callers who find the connection down
     /// wait for one reconnect instead of each opening their own.
     conn: Mutex<Option<Arc<Connection>>>,
+    /// Connections opened so far. A group member compares it before and after a call to tell
+    /// whether the call went to a server its heartbeats have not spoken to (a restart).
+    connections: AtomicU64,
 }
 
 impl Inner {
@@ -105,6 +108,7 @@ impl Client {
             config,
             next_id: AtomicU64::new(1),
             conn: Mutex::new(None),
+            connections: AtomicU64::new(1),
         };
         let conn = Connection::open(&inner.addrs, &inner.config, inner.next_id()).await?;
         let mut inner = inner;
@@ -119,6 +123,11 @@ impl Client {
         &self.inner.config
     }
 
+    /// How many connections this client has opened: it changes when the client reconnects.
+    pub(crate) fn connection_generation(&self) -> u64 {
+        self.inner.connections.load(Ordering::Acquire)
+    }
+
     /// The open connection, reconnecting first if it has closed.
     async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
         let mut slot = self.inner.conn.lock().await;
@@ -129,6 +138,7 @@ impl Client {
         }
         *slot = None;
         let conn = self.reconnect().await?;
+        self.inner.connections.fetch_add(1, Ordering::AcqRel);
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
     }

@@ -197,12 +197,19 @@ pub enum GroupEvent {
 
 #[derive(Debug, Default)]
 struct Beat {
+    /// The member id now: a member the server forgot (it was silent too long, or the server
+    /// restarted) joins again under a new id.
+    member_id: String,
     /// Leases from the latest heartbeat, not yet looked at by the consumer.
     leases: Option<Vec<LeaseInfo>>,
     /// Leases to give back in the next heartbeat.
     release: Vec<(u32, u64)>,
     /// Why the heartbeats stopped.
     failed: Option<ClientError>,
+    /// The client's connection generation when the last heartbeat succeeded. Records read on
+    /// a later connection may come from a restarted server that no longer knows this member,
+    /// so they wait for a heartbeat on that connection first.
+    generation: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -234,11 +241,15 @@ struct Owned {
 ///
 /// Dropping a member without [`GroupConsumer::leave`] stops its heartbeats, as a crash would:
 /// its partitions move to the others once the session timeout has passed.
+///
+/// A member the server no longer knows (it missed heartbeats past its session timeout, or the
+/// server restarted) joins again by itself under a new id, as a Kafka consumer does: its old
+/// leases come back as [`GroupEvent::Revoked`], and commits made under them fail with
+/// [`ErrorCode::NotLeaseHolder`] or [`ErrorCode::UnknownMember`].
 #[derive(Debug)]
 pub struct GroupConsumer {
     client: Client,
     config: GroupConfig,
-    member: MemberRef,
     beat: Arc<Mutex<Beat>>,
     /// Wakes the heartbeat task early (a release to send).
     beat_now: Arc<Notify>,
@@ -259,27 +270,26 @@ impl GroupConsumer {
     /// Joins the group and starts heartbeating. Leases arrive as [`GroupEvent::Assigned`] from
     /// [`GroupConsumer::next`].
     pub async fn join(client: Client, config: GroupConfig) -> Result<Self, ClientError> {
-        let joined = client
-            .join_group(JoinGroup {
-                group: config.group.clone(),
-                stream: config.stream.clone(),
-                member_name: config.member_name.clone(),
-                session_timeout_ms: u32::try_from(config.session_timeout.as_millis())
-                    .unwrap_or(u32::MAX),
-                initial: config.initial,
-            })
-            .await?;
-        let member = MemberRef {
+        let join = JoinGroup {
             group: config.group.clone(),
             stream: config.stream.clone(),
-            member_id: joined.member_id,
+            member_name: config.member_name.clone(),
+            session_timeout_ms: u32::try_from(config.session_timeout.as_millis())
+                .unwrap_or(u32::MAX),
+            initial: config.initial,
         };
-        let beat = Arc::new(Mutex::new(Beat::default()));
+        let generation = client.connection_generation();
+        let joined = client.join_group(join.clone()).await?;
+        let beat = Arc::new(Mutex::new(Beat {
+            member_id: joined.member_id,
+            generation,
+            ..Beat::default()
+        }));
         let beat_now = Arc::new(Notify::new());
         let changed = Arc::new(Notify::new());
         let heartbeats = tokio::spawn(heartbeat_loop(
             client.clone(),
-            member.clone(),
+            join,
             Duration::from_millis(u64::from(joined.heartbeat_interval_ms.max(1))),
             Arc::clone(&beat),
             Arc::clone(&beat_now),
@@ -290,7 +300,6 @@ impl GroupConsumer {
         Ok(Self {
             client,
             config,
-            member,
             beat,
             beat_now,
             changed,
@@ -301,9 +310,22 @@ impl GroupConsumer {
         })
     }
 
-    /// The id the server gave this member.
-    pub fn member_id(&self) -> &str {
-        &self.member.member_id
+    /// The id the server gave this member (a new one after it joined again).
+    pub fn member_id(&self) -> String {
+        beat_state(&self.beat).member_id.clone()
+    }
+
+    /// Whether the last successful heartbeat went over the client's current connection.
+    fn heartbeat_is_current(&self) -> bool {
+        beat_state(&self.beat).generation == self.client.connection_generation()
+    }
+
+    fn member(&self) -> MemberRef {
+        MemberRef {
+            group: self.config.group.clone(),
+            stream: self.config.stream.clone(),
+            member_id: self.member_id(),
+        }
     }
 
     /// Partitions this member reads now.
@@ -314,13 +336,18 @@ impl GroupConsumer {
     /// The next event: a lease gained or lost, or a batch of records. Waits while there is
     /// nothing to report. Commit each batch before calling this again and a hand-over to
     /// another member delivers nothing twice.
+    ///
+    /// Failures that can pass (a lost connection, a server restarting) are retried here rather
+    /// than returned, as a Kafka consumer's `poll` does; an error means the member cannot go on
+    /// (the stream was deleted, a record is corrupt).
     pub async fn next(&mut self) -> Result<GroupEvent, ClientError> {
         loop {
             self.apply_heartbeat()?;
             if let Some(e) = self.events.pop_front() {
                 return Ok(e);
             }
-            if self.owned.is_empty() {
+            if self.owned.is_empty() || !self.heartbeat_is_current() {
+                self.beat_now.notify_one();
                 self.changed.notified().await;
                 continue;
             }
@@ -336,16 +363,33 @@ impl GroupConsumer {
                     Duration::ZERO
                 };
                 let read = self.read(*p, wait);
-                let batch = if last {
+                let result = if last {
                     tokio::select! {
-                        r = read => r?,
-                        () = changed.notified() => None,
+                        r = read => r,
+                        () = changed.notified() => Ok(None),
                     }
                 } else {
-                    read.await?
+                    read.await
                 };
-                if let Some(batch) = batch {
-                    return Ok(GroupEvent::Records(batch));
+                match result {
+                    Ok(Some(batch)) if !self.heartbeat_is_current() => {
+                        // Read from a server the member has not heartbeated to since it
+                        // reconnected: drop the batch (its position did not move) and read it
+                        // again once a heartbeat says the lease is still ours.
+                        if let Some(o) = self.owned.get_mut(&batch.partition) {
+                            o.position = batch.records.first().map_or(o.position, |r| r.offset);
+                        }
+                        break;
+                    }
+                    Ok(Some(batch)) => return Ok(GroupEvent::Records(batch)),
+                    Ok(None) => {}
+                    // The server is restarting or the network hiccuped: the client reconnects
+                    // on the next call, and the heartbeats tell whether the leases survived.
+                    Err(e) if is_transient(&e) => {
+                        tokio::time::sleep(TRANSIENT_PAUSE).await;
+                        break;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -367,7 +411,7 @@ impl GroupConsumer {
         offset: u64,
     ) -> Result<(), ClientError> {
         self.client
-            .commit_lease(&self.member, partition, epoch, offset)
+            .commit_lease(&self.member(), partition, epoch, offset)
             .await?;
         // Caught up: if the partition was closed by a reshard, this commit made its children
         // ready, and a heartbeat now lets the group pick them up without waiting a beat.
@@ -384,7 +428,7 @@ impl GroupConsumer {
     /// Leaves the group: its leases go to the other members at once. Commit first.
     pub async fn leave(self) -> Result<(), ClientError> {
         self.heartbeats.abort();
-        self.client.leave_group(&self.member).await
+        self.client.leave_group(&self.member()).await
     }
 
     /// Reads one leased partition at its position; `None` if there was nothing new.
@@ -396,17 +440,26 @@ impl GroupConsumer {
         let Some(owned) = self.owned.get(&partition).copied() else {
             return Ok(None);
         };
-        let response = self
+        let request = |from| ReadRequest {
+            stream: self.config.stream.clone(),
+            partition,
+            from,
+            max_records: self.config.max_records,
+            max_bytes: self.config.max_bytes,
+            max_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let response = match self
             .client
-            .read(ReadRequest {
-                stream: self.config.stream.clone(),
-                partition,
-                from: ReadFrom::Offset(owned.position),
-                max_records: self.config.max_records,
-                max_bytes: self.config.max_bytes,
-                max_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
-            })
-            .await?;
+            .read(request(ReadFrom::Offset(owned.position)))
+            .await
+        {
+            // Retention deleted the records at the position before the group got to them:
+            // resume at the oldest record held, as Kafka's `auto.offset.reset=earliest` does.
+            Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                self.client.read(request(ReadFrom::Earliest)).await?
+            }
+            other => other?,
+        };
         self.cursor = Some(partition);
         let Some(o) = self.owned.get_mut(&partition) else {
             return Ok(None);
@@ -495,7 +548,7 @@ impl Drop for GroupConsumer {
 
 async fn heartbeat_loop(
     client: Client,
-    member: MemberRef,
+    join: JoinGroup,
     interval: Duration,
     beat: Arc<Mutex<Beat>>,
     beat_now: Arc<Notify>,
@@ -506,20 +559,74 @@ async fn heartbeat_loop(
             () = tokio::time::sleep(interval) => {}
             () = beat_now.notified() => {}
         }
-        let released = std::mem::take(&mut beat_state(&beat).release);
+        let (member, released) = {
+            let mut b = beat_state(&beat);
+            let member = MemberRef {
+                group: join.group.clone(),
+                stream: join.stream.clone(),
+                member_id: b.member_id.clone(),
+            };
+            (member, std::mem::take(&mut b.release))
+        };
+        let generation = client.connection_generation();
         match client.heartbeat(&member, released.clone()).await {
             Ok(leases) => {
-                beat_state(&beat).leases = Some(leases);
+                let mut b = beat_state(&beat);
+                b.leases = Some(leases);
+                // The generation the heartbeat certainly went over: if the client reconnected
+                // during the call, the next heartbeat (at once) settles the new connection.
+                b.generation = generation;
+                drop(b);
+                if client.connection_generation() != generation {
+                    beat_now.notify_one();
+                }
                 changed.notify_one();
             }
             Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
+                // Forgotten by the server: every lease is gone with the old id. Join again and
+                // beat at once for the new leases.
+                match client.join_group(join.clone()).await {
+                    Ok(joined) => {
+                        let mut b = beat_state(&beat);
+                        b.member_id = joined.member_id;
+                        b.leases = Some(Vec::new());
+                        drop(b);
+                        changed.notify_one();
+                        beat_now.notify_one();
+                    }
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => {
+                        beat_state(&beat).failed = Some(e);
+                        changed.notify_one();
+                        return;
+                    }
+                }
+            }
+            // A lost connection or a timeout: the client reconnects on the next call. Releases
+            // not sent go out with the next heartbeat.
+            Err(e) if is_transient(&e) => beat_state(&beat).release.extend(released),
+            // The stream was deleted, or the server refuses the group: nothing to wait for.
+            Err(e) => {
                 beat_state(&beat).failed = Some(e);
                 changed.notify_one();
                 return;
             }
-            // A lost connection or a timeout: the client reconnects on the next call. Releases
-            // not sent go out with the next heartbeat.
-            Err(_) => beat_state(&beat).release.extend(released),
         }
+    }
+}
+
+/// How long `next` pauses after a read failed for a reason that may pass.
+const TRANSIENT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Errors a later attempt can get past: the connection, the server being busy or unable to
+/// write its checkpoint store for now.
+fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Io(_) | ClientError::Timeout | ClientError::ConnectionClosed => true,
+        ClientError::Server { kind, .. } => matches!(
+            kind,
+            Some(ErrorCode::Busy | ErrorCode::StorageUnavailable | ErrorCode::TooManyMembers)
+        ),
+        _ => false,
     }
 }

@@ -556,3 +556,67 @@ async fn checkpoints_survive_a_restart_and_the_group_resumes_there() {
     member.leave().await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_again_by_itself_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let addr = server.local_addr();
+    let client = Client::connect(addr).await.unwrap();
+    client.create_stream(stream("jobs", 2)).await.unwrap();
+    let mut seqs = BTreeMap::new();
+    let mut acks = put_keyed(&client, "jobs", 8, 100, &mut seqs).await;
+
+    let mut config = GroupConfig::new("runners", "jobs");
+    config.session_timeout = Duration::from_secs(1);
+    config.max_wait = Duration::from_millis(50);
+    let mut member = GroupConsumer::join(Client::connect(addr).await.unwrap(), config)
+        .await
+        .unwrap();
+    let first_id = member.member_id();
+    let mut seen: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let consume = async |member: &mut GroupConsumer, want: usize, seen: &mut BTreeSet<_>| {
+        let deadline = Instant::now() + PATIENCE;
+        while seen.len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "member stalled at {}",
+                seen.len()
+            );
+            let next = tokio::time::timeout(PATIENCE, member.next()).await;
+            if let GroupEvent::Records(batch) = next.unwrap().unwrap() {
+                for r in &batch.records {
+                    assert!(
+                        seen.insert((batch.partition, r.offset)),
+                        "redelivered {r:?}"
+                    );
+                }
+                member.commit(&batch).await.unwrap();
+            }
+        }
+    };
+    consume(&mut member, 100, &mut seen).await;
+
+    // Same address, same data directory: the member's connection breaks, its reads and
+    // heartbeats are retried, and the new server does not know its id.
+    drop(client);
+    server.shutdown().await.unwrap();
+    let server = Server::start(
+        dir.path(),
+        ServerConfig {
+            listen: addr,
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client = Client::connect(addr).await.unwrap();
+    acks.extend(put_keyed(&client, "jobs", 8, 50, &mut seqs).await);
+    consume(&mut member, acks.len(), &mut seen).await;
+    assert_ne!(member.member_id(), first_id, "joined again under a new id");
+    let info = client.describe_group("runners", "jobs").await.unwrap();
+    assert_eq!(info.members.len(), 1, "{info:?}");
+    assert_eq!(info.members[0].member_id, member.member_id());
+    member.leave().await.unwrap();
+    server.shutdown().await.unwrap();
+}
