@@ -875,4 +875,141 @@ mod tests {
             );
         }
     }
+
+    /// A random history of joins, leaves, heartbeats with releases, silent spells and parents
+    /// being finished. After every step: leases sit only on ready partitions and live members,
+    /// and a partition's epoch never goes back. Once everyone has released what was asked back,
+    /// every ready partition is leased and shares differ by at most one.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Join,
+            Leave(usize),
+            Beat(usize),
+            Silence(u64),
+            Finish(u32),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                2 => Just(Op::Join),
+                1 => (0usize..8).prop_map(Op::Leave),
+                4 => (0usize..8).prop_map(Op::Beat),
+                1 => (0u64..1500).prop_map(Op::Silence),
+                1 => (0u32..3).prop_map(Op::Finish),
+            ]
+        }
+
+        /// Partitions 0-2 closed (0 split into 3 and 4, 1 and 2 merged into 5), 6-8 open.
+        fn view() -> Vec<PartitionView> {
+            let closed = |id| PartitionView {
+                open: false,
+                ..open(id)
+            };
+            let child = |id, parents: Vec<u32>| PartitionView {
+                parents,
+                ..open(id)
+            };
+            vec![
+                closed(0),
+                closed(1),
+                closed(2),
+                child(3, vec![0]),
+                child(4, vec![0]),
+                child(5, vec![1, 2]),
+                open(6),
+                open(7),
+                open(8),
+            ]
+        }
+
+        fn check(g: &Group, view: &[PartitionView], epochs: &mut BTreeMap<u32, (String, u64)>) {
+            let ready = Eligibility::of(g.initial, view).ready;
+            for (p, l) in &g.leases {
+                assert!(ready.contains(p), "lease on {p}, which is not ready");
+                assert!(g.members.contains_key(&l.member), "lease of a gone member");
+                match epochs.get(p) {
+                    Some((m, e)) if *m == l.member => assert!(l.epoch >= *e),
+                    Some((_, e)) => assert!(l.epoch > *e, "epoch of {p} did not grow on hand-over"),
+                    None => {}
+                }
+                epochs.insert(*p, (l.member.clone(), l.epoch));
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn leases_stay_sound_through_any_history(ops in proptest::collection::vec(op(), 1..60)) {
+                let mut view = view();
+                let mut g = Group::new(1, InitialPosition::Earliest);
+                let mut now = 0;
+                let mut next_id = 0;
+                let mut epochs = BTreeMap::new();
+                for op in ops {
+                    now += 10;
+                    let ids: Vec<String> = g.members.keys().cloned().collect();
+                    match op {
+                        Op::Join => {
+                            g.add_member(format!("m{next_id}"), String::new(), 1000, now);
+                            next_id += 1;
+                        }
+                        Op::Leave(i) if !ids.is_empty() => {
+                            g.remove_member(&ids[i % ids.len()]);
+                        }
+                        Op::Beat(i) if !ids.is_empty() => {
+                            let id = &ids[i % ids.len()];
+                            if g.touch(id, now).is_ok() {
+                                let give: Vec<_> = g
+                                    .leases_of(id)
+                                    .iter()
+                                    .filter(|l| l.revoking)
+                                    .map(|l| (l.partition, l.epoch))
+                                    .collect();
+                                g.release(id, &give);
+                            }
+                        }
+                        Op::Silence(ms) => now += ms,
+                        Op::Finish(p) => {
+                            let v = &mut view[p as usize];
+                            v.checkpoint = Some(v.end_offset);
+                        }
+                        _ => {}
+                    }
+                    g.rebalance(&view, now);
+                    check(&g, &view, &mut epochs);
+                }
+                // Settle: everyone beats and releases until nothing is revoking.
+                for _ in 0..4 {
+                    now += 1;
+                    let ids: Vec<String> = g.members.keys().cloned().collect();
+                    for id in &ids {
+                        g.touch(id, now).unwrap();
+                        let give: Vec<_> = g
+                            .leases_of(id)
+                            .iter()
+                            .filter(|l| l.revoking)
+                            .map(|l| (l.partition, l.epoch))
+                            .collect();
+                        g.release(id, &give);
+                        g.rebalance(&view, now);
+                        check(&g, &view, &mut epochs);
+                    }
+                }
+                let ready = Eligibility::of(g.initial, &view).ready;
+                if g.members.is_empty() {
+                    prop_assert!(g.leases.is_empty());
+                } else {
+                    prop_assert_eq!(g.leases.len(), ready.len(), "every ready partition leased");
+                    prop_assert!(g.leases.values().all(|l| l.revoking_since.is_none()));
+                    let counts: Vec<usize> =
+                        g.members.keys().map(|id| g.leases_of(id).len()).collect();
+                    let (lo, hi) = (counts.iter().min(), counts.iter().max());
+                    prop_assert!(hi.unwrap() - lo.unwrap() <= 1, "shares {:?}", counts);
+                }
+            }
+        }
+    }
 }
