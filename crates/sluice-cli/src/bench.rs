@@ -27,6 +27,8 @@ use sluice_client::{
 use sluice_server::{Server, ServerConfig};
 
 use crate::output::{CmdResult, fail, json_line};
+
+mod sink;
 use crate::serve::parse_fsync;
 
 /// Bytes of every generated partition key; the rest of a record is its value.
@@ -102,8 +104,9 @@ pub struct ProduceArgs {
     keep: bool,
     /// Also measure the raw disk before and after the run, as `dd bs=512K conv=fdatasync` does
     /// (512 KiB writes to a new file beside the data directory, one fdatasync at the end, as many
-    /// bytes as the run writes, at most 1 GiB), and report the run's ratio to it. Embedded
-    /// server only.
+    /// bytes as the run writes, at most 1 GiB), and the loopback ceiling (the same load against
+    /// a sink that acknowledges puts without storing them), and report the run's ratio to each.
+    /// Embedded server only.
     #[arg(long)]
     baseline: bool,
     #[command(flatten)]
@@ -585,6 +588,17 @@ async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured
     })
 }
 
+/// MiB/s of keys and values the load reaches against the loopback sink (see `sink.rs`).
+async fn ceiling_run(target: &Target, load: &Load) -> Result<f64, BoxError> {
+    let dir = target
+        .scratch_dir()
+        .ok_or_else(|| fail("the loopback ceiling needs the embedded server's directory"))?;
+    let sink = sink::Sink::start(dir).await?;
+    let bar = ProgressBar::hidden();
+    let m = run_load(&sink.addr().to_string(), load, &bar).await?;
+    Ok(m.bytes as f64 / m.elapsed.as_secs_f64().max(1e-9) / MIB)
+}
+
 fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
     if args.record_bytes < KEY_BYTES {
         return Err(fail(format!(
@@ -648,6 +662,13 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
         let admin = connect(&target.addr).await?;
         create_stream(&admin, &load.stream, args.partitions).await?;
         let before = admin.stats().await.map_err(client_err)?;
+        // The ceiling is measured before and after the run, like the disk, and the better of the
+        // two is kept: the first to touch fresh memory pays for it on a virtual machine.
+        let ceiling_before = if args.baseline {
+            Some(ceiling_run(&target, &load).await?)
+        } else {
+            None
+        };
         let disk_before = target.disk_bytes();
         let bar = match records {
             Some(n) => progress(n, "records"),
@@ -668,7 +689,11 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
                 .map_err(client_err)?;
         }
         let fsyncs = after.fsyncs.saturating_sub(before.fsyncs);
-        Ok::<_, BoxError>((measured, fsyncs, disk, after))
+        let ceiling = match ceiling_before {
+            Some(before) => Some(before.max(ceiling_run(&target, &load).await?)),
+            None => None,
+        };
+        Ok::<_, BoxError>((measured, fsyncs, disk, after, ceiling))
     });
     drop(runtime);
     let baseline_after = match (target.scratch_dir(), &outcome) {
@@ -677,7 +702,7 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
     };
     let described = target.describe();
     target.close()?;
-    let (m, fsyncs, disk, stats) = outcome?;
+    let (m, fsyncs, disk, stats, ceiling) = outcome?;
     // The run is compared with the mean of the better way before it and after it.
     let baseline = baseline_before
         .zip(baseline_after)
@@ -737,6 +762,14 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
             "  ratio:       {ratio:.2}x the raw disk (the run's disk MiB/s over the mean of the better baseline before and after, {mean:.1} MiB/s)"
         )?;
     }
+    let run_mib_s = m.bytes as f64 / secs / MIB;
+    let ceiling_ratio = ceiling.map(|c| run_mib_s / c);
+    if let (Some(c), Some(r)) = (ceiling, ceiling_ratio) {
+        writeln!(
+            out,
+            "  ceiling:     {c:.1} MiB/s of keys and values to a loopback sink that only appends each put to a file (no fsync); the run reached {r:.2}x"
+        )?;
+    }
     let rss = peak_rss_bytes().filter(|_| server.is_none());
     if let Some(rss) = rss {
         writeln!(
@@ -775,6 +808,8 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
                 o.insert(format!("{key}_mib_per_sec"), json!(value));
             }
             o.insert("ratio_to_baseline".into(), json!(ratio));
+            o.insert("ceiling_mib_per_sec".into(), json!(ceiling));
+            o.insert("ratio_to_ceiling".into(), json!(ceiling_ratio));
             o.insert("fsyncs".into(), json!(fsyncs));
             o.insert(
                 "server_put_p50_ms".into(),

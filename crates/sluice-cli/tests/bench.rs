@@ -105,6 +105,7 @@ fn produce_with_the_embedded_server_counts_every_record_and_cleans_up() {
     assert!(u64_of(&v, "fsyncs") >= 1);
     assert!(u64_of(&v, "peak_rss_bytes") > 0);
     assert!(v["ratio_to_baseline"].is_null());
+    assert!(v["ratio_to_ceiling"].is_null());
     assert_eq!(entries(scratch.path()), 0, "the temporary data is deleted");
     // The human report comes first.
     let text = String::from_utf8_lossy(&out.stdout);
@@ -147,11 +148,15 @@ fn produce_with_a_baseline() {
         "baseline_sync_each_after_mib_per_sec",
         "baseline_mib_per_sec",
         "ratio_to_baseline",
+        "ceiling_mib_per_sec",
+        "ratio_to_ceiling",
     ] {
         assert!(f64_of(&v, key) > 0.0, "{key} in {v}");
     }
     let expected = f64_of(&v, "disk_mib_per_sec") / f64_of(&v, "baseline_mib_per_sec");
     assert!((f64_of(&v, "ratio_to_baseline") - expected).abs() < 1e-9);
+    let expected = f64_of(&v, "mib_per_sec") / f64_of(&v, "ceiling_mib_per_sec");
+    assert!((f64_of(&v, "ratio_to_ceiling") - expected).abs() < 1e-9);
     assert_eq!(entries(scratch.path()), 0, "baseline files are deleted too");
 }
 

@@ -1,0 +1,126 @@
+//! The loopback and memory ceiling: a server that speaks just enough of the protocol to take
+//! puts, appends each put's body to one file (no fsync, so into the page cache) and
+//! acknowledges it. Every log server has to do at least that much: take the bytes off the socket
+//! and hand them to the kernel's page cache. The same load against it measures what the client,
+//! the framing, the loopback network and that one write cost by themselves, so `sluice bench
+//! produce --baseline` can say how close Sluice comes to the ceiling (with `--fsync never`, where
+//! the disk is out of the way, that ratio is the whole story).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use sluice_protocol::frame::{FrameHeader, HEADER_LEN};
+use sluice_protocol::message::{ErrorResponse, Kind, PutAck, put_record_count};
+use sluice_protocol::{ErrorCode, PROTOCOL_VERSION, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Largest frame body the sink takes: the server's default limit.
+const MAX_BODY: u32 = 8 << 20;
+
+/// A running sink; it stops when dropped.
+pub struct Sink {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+    /// The files written, one per connection (as the server writes one file per partition).
+    paths: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+impl Sink {
+    /// Listens on a free loopback port; each connection appends to a new file in `dir`.
+    pub async fn start(dir: &Path) -> io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let dir = dir.to_path_buf();
+        let made = Arc::clone(&paths);
+        let task = tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((conn, _)) = listener.accept().await {
+                n += 1;
+                let path = dir.join(format!("ceiling-sink-{n}"));
+                let Ok(file) = File::create(&path) else {
+                    continue;
+                };
+                if let Ok(mut made) = made.lock() {
+                    made.push(path);
+                }
+                // A broken connection only ends its own task; the load generator reports the
+                // failed put.
+                tokio::spawn(async move {
+                    let _ = serve(conn, file).await;
+                });
+            }
+        });
+        Ok(Self { addr, task, paths })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(paths) = self.paths.lock() {
+            for p in paths.iter() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Answers `Hello` and `Put` (with one made-up acknowledgement per record, which is what the
+/// client checks) and refuses the rest, in order, like the server does per connection. The
+/// write blocks this task's thread, as a short pwrite into the page cache does; the server hands
+/// its writes to a blocking pool instead, which costs it more, not less.
+async fn serve(conn: TcpStream, mut file: File) -> io::Result<()> {
+    conn.set_nodelay(true)?;
+    let (mut rd, mut wr) = conn.into_split();
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    let mut out = BytesMut::new();
+    loop {
+        let header = loop {
+            match FrameHeader::decode(&buf, MAX_BODY) {
+                Ok(Some(h)) if buf.len() >= HEADER_LEN + h.body_len as usize => break h,
+                Ok(Some(h)) => buf.reserve(HEADER_LEN + h.body_len as usize - buf.len()),
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+            if rd.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        let frame = buf.split_to(HEADER_LEN + header.body_len as usize);
+        let body = frame.get(HEADER_LEN..).unwrap_or_default();
+        out.clear();
+        match Kind::from_u16(header.kind) {
+            Ok(Kind::Hello) => Response::Hello {
+                version: PROTOCOL_VERSION,
+            }
+            .encode(header.correlation_id, &mut out),
+            Ok(Kind::Put) => {
+                // One write per put, in place, as the server writes one batch per partition.
+                file.write_all(body)?;
+                let count = put_record_count(body).unwrap_or(0);
+                let acks = (0..u64::from(count))
+                    .map(|offset| PutAck {
+                        partition: 0,
+                        offset,
+                    })
+                    .collect();
+                Response::Put(acks).encode(header.correlation_id, &mut out);
+            }
+            _ => ErrorResponse::new(ErrorCode::UnknownKind, "the loopback sink only takes puts")
+                .encode(header.kind, header.correlation_id, &mut out),
+        }
+        wr.write_all(&out).await?;
+    }
+}
