@@ -1,4 +1,5 @@
-//! The commands that talk to a running server: `stream ...`, `put`, `read`.
+//! The commands that talk to a running server: `stream ...`, `put`, `read` (`read --group` is in
+//! `group_cmds.rs`).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -11,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use sluice_client::{
     Client, ClientError, CreateStream, Producer, ProducerConfig, PutRecord, ReadFrom, ReadRequest,
-    StreamInfo,
+    StreamInfo, WireRecord,
 };
 
 use crate::output::{CmdResult, fail, json_line};
@@ -115,12 +116,29 @@ pub struct PutArgs {
 pub struct ReadArgs {
     /// Stream name.
     pub stream: String,
-    /// Partition id.
+    /// Partition id (required unless --group is given).
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub partition: Option<u32>,
+    /// Read as a member of this consumer group: the group's partitions are shared among its
+    /// members, and each printed batch is committed.
     #[arg(long)]
-    pub partition: u32,
-    /// Where to start: earliest, latest, an offset, or an RFC 3339 time.
+    pub group: Option<String>,
+    /// Where to start: earliest, latest, an offset, or an RFC 3339 time. With --group: where
+    /// partitions without a checkpoint start, earliest or latest (set by the group's first
+    /// member).
     #[arg(long, default_value = "earliest")]
     pub from: String,
+    /// With --group: the member's label in `sluice group describe` [default: HOSTNAME-PID].
+    #[arg(long, requires = "group", conflicts_with = "partition")]
+    pub member_name: Option<String>,
+    /// With --group: a member silent this long loses its partitions to the others.
+    #[arg(
+        long,
+        requires = "group",
+        conflicts_with = "partition",
+        default_value = "10s"
+    )]
+    pub session_timeout: String,
     /// Stop after this many records.
     #[arg(long)]
     pub limit: Option<u64>,
@@ -132,13 +150,13 @@ pub struct ReadArgs {
     pub json: bool,
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }
 
-async fn connect(server: &str) -> Result<Client, Box<dyn std::error::Error>> {
+pub(crate) async fn connect(server: &str) -> Result<Client, Box<dyn std::error::Error>> {
     Client::connect(server).await.map_err(|e| {
         fail(format!(
             "cannot reach the Sluice server at {server} ({e}); is it running? Start one with `sluice serve`, or point --server (or SLUICE_SERVER) at it"
@@ -147,7 +165,7 @@ async fn connect(server: &str) -> Result<Client, Box<dyn std::error::Error>> {
 }
 
 /// Turns a client error into a one-line message for the user.
-fn client_err(e: ClientError) -> Box<dyn std::error::Error> {
+pub(crate) fn client_err(e: ClientError) -> Box<dyn std::error::Error> {
     match e {
         ClientError::Server { message, .. } => fail(message),
         other => fail(other.to_string()),
@@ -471,8 +489,39 @@ fn parse_from(text: &str) -> Result<ReadFrom, Box<dyn std::error::Error>> {
     }
 }
 
-/// Runs `read`.
+/// Prints one record as `read` prints it: its raw value on a line, or with `json` the JSON line
+/// of DESIGN.md §5. `read --group` prints through this too, so both look the same to scripts.
+pub(crate) fn write_record(
+    out: &mut impl Write,
+    json: bool,
+    partition: u32,
+    r: &WireRecord,
+) -> std::io::Result<()> {
+    if json {
+        json_line(
+            out,
+            &json!({
+                "partition": partition,
+                "offset": r.offset,
+                "timestamp_ms": r.timestamp_ms,
+                "key": String::from_utf8_lossy(&r.key),
+                "value": base64::engine::general_purpose::STANDARD.encode(&r.value),
+            }),
+        )
+    } else {
+        out.write_all(&r.value)?;
+        out.write_all(b"\n")
+    }
+}
+
+/// Runs `read`: of one partition, or as a member of a consumer group with `--group`.
 pub fn run_read(server: &str, args: ReadArgs) -> CmdResult {
+    // clap makes --partition and --group exclusive, and one of them required.
+    let partition = match (args.partition, &args.group) {
+        (_, Some(group)) => return crate::group_cmds::run_read(server, &args, group),
+        (Some(p), None) => p,
+        (None, None) => return Err(fail("give --partition or --group")),
+    };
     let from = parse_from(&args.from)?;
     runtime()?.block_on(async {
         let c = connect(server).await?;
@@ -480,7 +529,6 @@ pub fn run_read(server: &str, args: ReadArgs) -> CmdResult {
         let mut position = from;
         let mut printed: u64 = 0;
         let limit = args.limit.unwrap_or(u64::MAX);
-        let b64 = base64::engine::general_purpose::STANDARD;
         // One Ctrl-C listener for the whole follow, so a signal between two polls is not lost.
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
@@ -491,7 +539,7 @@ pub fn run_read(server: &str, args: ReadArgs) -> CmdResult {
             }
             let request = ReadRequest {
                 stream: args.stream.clone(),
-                partition: args.partition,
+                partition,
                 from: position,
                 max_records: u32::try_from(left.min(10_000)).unwrap_or(10_000),
                 max_bytes: 4 << 20,
@@ -507,21 +555,7 @@ pub fn run_read(server: &str, args: ReadArgs) -> CmdResult {
                 c.read(request).await.map_err(client_err)?
             };
             for r in &response.records {
-                if args.json {
-                    json_line(
-                        &mut out,
-                        &json!({
-                            "partition": args.partition,
-                            "offset": r.offset,
-                            "timestamp_ms": r.timestamp_ms,
-                            "key": String::from_utf8_lossy(&r.key),
-                            "value": b64.encode(&r.value),
-                        }),
-                    )?;
-                } else {
-                    out.write_all(&r.value)?;
-                    out.write_all(b"\n")?;
-                }
+                write_record(&mut out, args.json, partition, r)?;
                 printed += 1;
             }
             position = ReadFrom::Offset(response.next_offset);

@@ -1,9 +1,10 @@
-//! The `sluice` command: run the broker (`serve`), manage streams, put and read records, and
-//! inspect or verify data files of a stopped server. Its output is an interface: with `--json`
+//! The `sluice` command: run the broker (`serve`), manage streams, put and read records (alone
+//! or as a consumer group), and inspect or verify data files of a stopped server. Its output is an interface: with `--json`
 //! every result is printed as JSON lines in the shapes of `docs/operations.md`.
 
 mod bench;
 mod client_cmds;
+mod group_cmds;
 mod inspect;
 mod output;
 mod serve;
@@ -34,8 +35,12 @@ enum Command {
     Stream(client_cmds::StreamCommand),
     /// Append records to a stream: one from the arguments, or one per line of standard input.
     Put(client_cmds::PutArgs),
-    /// Read records of a partition, from the start, the end, an offset or a time.
+    /// Read records of a partition, from the start, the end, an offset or a time; or, with
+    /// --group, of the partitions a consumer group leases to this process.
     Read(client_cmds::ReadArgs),
+    /// List consumer groups, and describe a group's members, leases, checkpoints and lag.
+    #[command(subcommand)]
+    Group(group_cmds::GroupCommand),
     /// Show what a segment or index file holds (works on a stopped server's files).
     Inspect(inspect::Args),
     /// Check every checksum and index under a data directory; exit 1 on any damage.
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         Command::Stream(cmd) => client_cmds::run_stream(server, cmd),
         Command::Put(args) => client_cmds::run_put(server, args),
         Command::Read(args) => client_cmds::run_read(server, args),
+        Command::Group(cmd) => group_cmds::run(server, cmd),
         Command::Bench(cmd) => bench::run(cli.server.as_deref(), cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
