@@ -116,7 +116,7 @@ pub struct GroupPartition {
     pub state: GroupPartitionState,
     /// Member holding its lease.
     pub owner: Option<String>,
-    /// Epoch of its lease (0 if never leased since the broker opened).
+    /// Epoch of its lease (0 if not leased since the group last had members).
     pub epoch: u64,
     /// The group's committed offset.
     pub checkpoint: Option<u64>,

@@ -619,13 +619,14 @@ async fn heartbeat_loop(
 const TRANSIENT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Errors a later attempt can get past: the connection, the server being busy or unable to
-/// write its checkpoint store for now.
+/// write its checkpoint store for now. A full group is not one of them: the member would wait
+/// silently for a place that may never come, so it hears about it instead.
 fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Io(_) | ClientError::Timeout | ClientError::ConnectionClosed => true,
         ClientError::Server { kind, .. } => matches!(
             kind,
-            Some(ErrorCode::Busy | ErrorCode::StorageUnavailable | ErrorCode::TooManyMembers)
+            Some(ErrorCode::Busy | ErrorCode::StorageUnavailable)
         ),
         _ => false,
     }

@@ -386,7 +386,7 @@ pub struct GroupPartitionInfo {
     pub state: String,
     /// Member holding the lease.
     pub owner: Option<String>,
-    /// Epoch of the lease (0 if it was never leased since the server started).
+    /// Epoch of the lease (0 if it was not leased since the group last had members).
     pub epoch: u64,
     /// The group's committed offset.
     pub checkpoint: Option<u64>,

@@ -198,7 +198,9 @@ impl Broker {
                 records_max: 1,
                 ..ReadLimits::default()
             };
-            let first = part.log.read_from(next, one)?;
+            // Retention may have removed the next record since the view was taken: the oldest
+            // record held is then the next one the group will get.
+            let first = part.log.read_from(next.max(part.log.start_offset()), one)?;
             let newest = part.log.read_from(p.end_offset - 1, one)?;
             if let (Some(a), Some(b)) = (first.first(), newest.first()) {
                 p.lag_ms = b.timestamp_ms.saturating_sub(a.timestamp_ms);
