@@ -2,6 +2,7 @@
 //! or as a consumer group), and inspect or verify data files of a stopped server. Its output is an interface: with `--json`
 //! every result is printed as JSON lines in the shapes of `docs/operations.md`.
 
+mod alloc;
 mod bench;
 mod client_cmds;
 mod group_cmds;
@@ -54,6 +55,7 @@ enum Command {
 const DEFAULT_SERVER: &str = "127.0.0.1:7070";
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
