@@ -101,9 +101,20 @@ impl State {
     }
 }
 
+/// How many fdatasyncs one log runs at once. With one, appends that land while an fsync runs
+/// wait for it to finish before theirs can start, so the disk idles while their fsync is set up
+/// and the next writes arrive; a second fsync, started as soon as there is something new to
+/// sync, overlaps the two. Each slot fsyncs through its own descriptor (see
+/// `ActiveSegment::spare`).
+const SYNC_SLOTS: usize = 2;
+
 #[derive(Debug, Default)]
 struct SyncState {
-    in_progress: bool,
+    /// Which slots have an fdatasync running: slot 0 uses the active segment's `file`, slot 1
+    /// its `spare`.
+    busy: [bool; SYNC_SLOTS],
+    /// The end offset the fsyncs in flight will make durable when they return.
+    covering: u64,
 }
 
 #[derive(Debug)]
@@ -596,7 +607,16 @@ impl Shared {
     /// fsync poisons the log; a failure to create the new segment leaves the old one active.
     fn roll(&self, st: &mut State) -> Result<()> {
         let a = &st.active;
-        self.fsync_data(&*a.file, &a.path)?;
+        {
+            // No group-commit fsync may run on the segment's descriptors beside this one (see
+            // `ActiveSegment::spare`). Fsyncs in flight already hold what they sync, so they
+            // finish without the state lock held here, and no new one starts without it.
+            let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            while s.busy.iter().any(|b| *b) {
+                s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            self.fsync_data(&*a.file, &a.path)?;
+        }
         let mut index = a.index.clone();
         index.finish();
         write_indexes(&*self.fs, &self.dir, a.base_offset, &index)?;
@@ -627,55 +647,72 @@ impl Shared {
         self.synced.notify_all();
     }
 
-    /// Waits until every offset below `target` is durable. The first waiter to find no fsync in
-    /// flight runs one for everything written so far; the others wait for it, and each fsync
-    /// covers every append that finished writing before it started (group commit).
+    /// Waits until every offset below `target` is durable (group commit). A waiter whose
+    /// records no fsync in flight covers starts one in a free slot, covering everything written
+    /// so far; the others wait for the fsync that covers them. With every slot busy, it waits
+    /// for one to free up.
     fn wait_durable(&self, target: u64) -> Result<()> {
-        let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if self.durable_end.load(Ordering::Acquire) >= target {
-                return Ok(());
+            {
+                let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if self.durable_end.load(Ordering::Acquire) >= target {
+                        return Ok(());
+                    }
+                    self.check_writable()?;
+                    if s.covering < target && s.busy.iter().any(|b| !*b) {
+                        break;
+                    }
+                    s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
             }
-            self.check_writable()?;
-            if s.in_progress {
-                s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
-                continue;
+            // What to sync is taken under the state lock before a slot is claimed: a roll holds
+            // the state lock while it waits for the slots to be idle.
+            let (files, path, point) = {
+                let st = self.lock_state()?;
+                let a = &st.active;
+                (
+                    [Arc::clone(&a.file), Arc::clone(&a.spare)],
+                    a.path.clone(),
+                    CleanMarker {
+                        end_offset: a.next_offset,
+                        active_base_offset: a.base_offset,
+                        active_len: a.len,
+                    },
+                )
+            };
+            let slot = {
+                let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                // Another waiter may have started an fsync covering us, or taken the last free
+                // slot, since we looked.
+                match s.busy.iter().position(|b| !*b) {
+                    Some(slot) if s.covering < target => {
+                        s.busy[slot] = true;
+                        s.covering = s.covering.max(point.end_offset);
+                        slot
+                    }
+                    _ => continue,
+                }
+            };
+            let result = self.fsync_data(&*files[slot], &path);
+            if result.is_ok() {
+                self.record_synced(point);
             }
-            s.in_progress = true;
-            drop(s);
-            let result = self.sync_active();
-            s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            s.in_progress = false;
+            let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            s.busy[slot] = false;
             match result {
-                Ok(end) => {
-                    self.durable_end.fetch_max(end, Ordering::AcqRel);
+                Ok(()) => {
+                    self.durable_end
+                        .fetch_max(point.end_offset, Ordering::AcqRel);
                     self.synced.notify_all();
                 }
                 Err(e) => {
+                    // The log is poisoned: waiters wake, see it, and fail too.
                     self.synced.notify_all();
                     return Err(e);
                 }
             }
         }
-    }
-
-    fn sync_active(&self) -> Result<u64> {
-        let (file, path, point) = {
-            let st = self.lock_state()?;
-            let a = &st.active;
-            (
-                Arc::clone(&a.file),
-                a.path.clone(),
-                CleanMarker {
-                    end_offset: a.next_offset,
-                    active_base_offset: a.base_offset,
-                    active_len: a.len,
-                },
-            )
-        };
-        self.fsync_data(&*file, &path)?;
-        self.record_synced(point);
-        Ok(point.end_offset)
     }
 
     /// Writes the synced-point hint: how far the active segment is known to be on disk. Crash

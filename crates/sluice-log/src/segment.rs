@@ -599,6 +599,11 @@ pub(crate) struct ActiveSegment {
     pub max_timestamp_ms: u64,
     pub path: PathBuf,
     pub file: Arc<dyn FileHandle>,
+    /// A second descriptor of the same file, for a second fdatasync running beside one on
+    /// `file`. Each concurrent fdatasync needs its own descriptor: the kernel reports a
+    /// writeback error once per open file description, so two fsyncs sharing one could see one
+    /// of them succeed over data the other was told is lost.
+    pub spare: Arc<dyn FileHandle>,
     pub index: IndexBuilder,
 }
 
@@ -609,11 +614,17 @@ impl ActiveSegment {
         let file = fs.open(&path, OpenMode::CreateNew).at(&path)?;
         file.write_all_at(&encode_file_header(FileKind::Segment, base_offset), 0)
             .at(&path)?;
-        Ok(Self::empty(path, file, base_offset))
+        Self::empty(fs, path, file, base_offset)
     }
 
-    fn empty(path: PathBuf, file: Arc<dyn FileHandle>, base_offset: u64) -> Self {
-        Self {
+    fn empty(
+        fs: &dyn FileSystem,
+        path: PathBuf,
+        file: Arc<dyn FileHandle>,
+        base_offset: u64,
+    ) -> Result<Self> {
+        let spare = fs.open(&path, OpenMode::ReadWrite).at(&path)?;
+        Ok(Self {
             base_offset,
             next_offset: base_offset,
             len: FILE_HEADER_LEN as u64,
@@ -621,8 +632,9 @@ impl ActiveSegment {
             max_timestamp_ms: 0,
             path,
             file,
+            spare,
             index: IndexBuilder::default(),
-        }
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -672,7 +684,7 @@ impl ActiveSegment {
             file.write_all_at(&encode_file_header(FileKind::Segment, base_offset), 0)
                 .at(&path)?;
             file.sync_data().at(&path)?;
-            return Ok(Self::empty(path, file, base_offset));
+            return Self::empty(fs, path, file, base_offset);
         }
         // Below the synced point the data reached the disk before anything in it was
         // acknowledged: only its batch headers are walked, to rebuild the index. Past it, every
@@ -704,6 +716,7 @@ impl ActiveSegment {
         }
         // Whatever survived in the page cache is made durable before anyone is told it exists.
         file.sync_data().at(&path)?;
+        let spare = fs.open(&path, OpenMode::ReadWrite).at(&path)?;
         Ok(Self {
             base_offset,
             next_offset: scan.end_offset,
@@ -712,6 +725,7 @@ impl ActiveSegment {
             max_timestamp_ms: scan.max_timestamp_ms,
             path,
             file,
+            spare,
             index: scan.index,
         })
     }
