@@ -239,8 +239,11 @@ pub struct Broker {
     state: RwLock<Arc<State>>,
     /// Serialises catalog changes (create, delete, reshard, retention removals).
     admin: Mutex<()>,
-    /// Consumer checkpoints by group, loaded on first use.
+    /// Consumer checkpoints by group, loaded on first use. Held only to look up or replace a
+    /// group's map, never across I/O.
     checkpoints: Mutex<BTreeMap<String, GroupCheckpoints>>,
+    /// Serialises checkpoint writes (each replaces a group's file and fsyncs it).
+    checkpoint_writes: Mutex<()>,
     /// Consumer groups with live members.
     groups: Groups,
     /// The coordinator's clock: session timeouts are measured from here.
@@ -367,6 +370,7 @@ impl Broker {
             state: RwLock::new(Arc::new(State { catalog, streams })),
             admin: Mutex::new(()),
             checkpoints: Mutex::new(BTreeMap::new()),
+            checkpoint_writes: Mutex::new(()),
             groups: Groups::default(),
             started: Instant::now(),
             _lock: lock,
@@ -1005,8 +1009,11 @@ impl Broker {
 
     /// Records that consumer group `group` has processed `stream`'s `partition` up to (not
     /// including) `offset`. Durable when this returns. An offset past the partition's end is
-    /// refused, and so is a partition a live member of the group holds a lease on: only the
-    /// holder moves it, with [`Broker::commit_lease`].
+    /// refused, and so is any commit while the group has live members on the stream
+    /// ([`Error::GroupActive`]): they move their own positions with [`Broker::commit_lease`],
+    /// and a position moved underneath them would be overwritten or, for a parent whose
+    /// children are being read, break the order of keys. This is an administrator's reset, as
+    /// Kafka's offset reset needs the group to be inactive.
     pub fn commit_checkpoint(
         &self,
         group: &str,
@@ -1015,26 +1022,34 @@ impl Broker {
         offset: u64,
     ) -> Result<()> {
         name::validate(group)?;
-        let snap = self.snapshot();
-        let s = snap.stream(stream)?;
-        s.partition(partition)?;
-        match self.groups.get(group, stream) {
-            Some(g) => {
-                // Held across the write, so no lease is granted from a checkpoint about to move.
-                let g = group::lock_group(&g);
-                if g.is_leased(partition, self.now_ms()) {
-                    return Err(Error::NotLeaseHolder {
-                        partition,
-                        epoch: 0,
-                        current: None,
-                    });
-                }
+        let uid = self.snapshot().stream(stream)?.meta.uid;
+        let now = self.now_ms();
+        // The group's entry, made if need be, is held across the write, so no member can join
+        // and be leased a position this is about to move.
+        let g =
+            self.groups
+                .get_or_create(group, stream, uid, group::InitialPosition::Earliest, now)?;
+        let result = {
+            let g = group::lock_group(&g);
+            let snap = self.snapshot();
+            let s = snap.stream(stream)?;
+            s.partition(partition)?;
+            if g.live_members(now) > 0 {
+                Err(Error::GroupActive {
+                    group: group.to_owned(),
+                    stream: stream.to_owned(),
+                })
+            } else {
                 self.write_checkpoint(group, s, partition, offset)
             }
-            None => self.write_checkpoint(group, s, partition, offset),
-        }
+        };
+        self.groups.remove_if_empty(group, stream);
+        result
     }
 
+    /// Writes one checkpoint of a group. Writers of one group file are serialised by
+    /// `checkpoint_writes` (a group's file holds its positions on every stream, and group locks
+    /// are per stream); readers use the cache and never wait for the fsync.
     fn write_checkpoint(&self, group: &str, s: &Stream, partition: u32, offset: u64) -> Result<()> {
         let p = s.partition(partition)?;
         let end = s.end_offset(partition, p);
@@ -1045,15 +1060,15 @@ impl Broker {
                 end,
             });
         }
-        let mut all = lock(&self.checkpoints);
+        let _writing = lock(&self.checkpoint_writes);
         let path = self.checkpoint_path(group);
-        let mut updated = match all.get(group) {
+        let mut updated = match lock(&self.checkpoints).get(group) {
             Some(m) => m.clone(),
             None => meta::load(&*self.fs, CHECKPOINT_MAGIC, &path)?.unwrap_or_default(),
         };
         updated.insert((s.meta.uid, partition), offset);
         meta::store(&*self.fs, CHECKPOINT_MAGIC, &path, &updated)?;
-        all.insert(group.to_owned(), updated);
+        lock(&self.checkpoints).insert(group.to_owned(), updated);
         Ok(())
     }
 
@@ -1075,16 +1090,20 @@ impl Broker {
 
     /// Every checkpoint of a group, `None` if it has none on disk.
     fn group_checkpoints(&self, group: &str) -> Result<Option<GroupCheckpoints>> {
-        let mut all = lock(&self.checkpoints);
-        if let Some(m) = all.get(group) {
+        if let Some(m) = lock(&self.checkpoints).get(group) {
             return Ok(Some(m.clone()));
         }
-        // Only groups that exist on disk are cached: asking about made-up group names must
-        // not grow memory.
+        // Loaded under the write lock, so a write finishing meanwhile cannot be overwritten in
+        // the cache by this older copy. Only groups that exist on disk are cached: asking about
+        // made-up group names must not grow memory.
+        let _writing = lock(&self.checkpoint_writes);
+        if let Some(m) = lock(&self.checkpoints).get(group) {
+            return Ok(Some(m.clone()));
+        }
         let loaded: Option<GroupCheckpoints> =
             meta::load(&*self.fs, CHECKPOINT_MAGIC, &self.checkpoint_path(group))?;
         if let Some(m) = &loaded {
-            all.insert(group.to_owned(), m.clone());
+            lock(&self.checkpoints).insert(group.to_owned(), m.clone());
         }
         Ok(loaded)
     }

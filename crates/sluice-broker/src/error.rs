@@ -139,6 +139,17 @@ pub enum Error {
         current: Option<u64>,
     },
 
+    /// A plain checkpoint commit while the group has live members on the stream.
+    #[error(
+        "consumer group {group:?} has live members on stream {stream:?}; its positions move only through their commits (stop them to reset a checkpoint)"
+    )]
+    GroupActive {
+        /// Group name.
+        group: String,
+        /// Stream name.
+        stream: String,
+    },
+
     /// A group with no members and no checkpoints on the stream.
     #[error("consumer group {group:?} has no members and no checkpoints on stream {stream:?}")]
     GroupNotFound {

@@ -204,14 +204,26 @@ pub(crate) struct Group {
     /// never repeat; member ids are unique for the broker's lifetime, so a zombie from before a
     /// restart is refused as an unknown member.
     epochs: BTreeMap<u32, u64>,
+    /// Under `latest`, where a partition without a checkpoint was first leased from. From then
+    /// on that is the group's position there, not the partition's moving end: otherwise a
+    /// lease moving before its first commit would skip records, and a parent closed before its
+    /// first commit would count as consumed to its end. The caller stores each new anchor as
+    /// the group's checkpoint (`take_anchors`), so it outlives the group's time in memory.
+    anchors: BTreeMap<u32, u64>,
+    new_anchors: Vec<(u32, u64)>,
 }
 
-fn position(initial: InitialPosition, p: &PartitionView) -> u64 {
-    let pos = p.checkpoint.unwrap_or(match initial {
-        InitialPosition::Earliest => p.start_offset,
-        InitialPosition::Latest => p.end_offset,
-    });
-    // A checkpoint below what retention kept resumes at the oldest record held.
+/// The group's position in a partition: its checkpoint, else its anchor, else the initial
+/// position; never below the oldest record held (a checkpoint below what retention kept
+/// resumes there).
+fn position(initial: InitialPosition, anchors: &BTreeMap<u32, u64>, p: &PartitionView) -> u64 {
+    let pos = p
+        .checkpoint
+        .or_else(|| anchors.get(&p.id).copied())
+        .unwrap_or(match initial {
+            InitialPosition::Earliest => p.start_offset,
+            InitialPosition::Latest => p.end_offset,
+        });
     pos.max(p.start_offset)
 }
 
@@ -222,10 +234,15 @@ struct Eligibility {
 }
 
 impl Eligibility {
-    fn of(initial: InitialPosition, view: &[PartitionView]) -> Self {
+    fn of(initial: InitialPosition, anchors: &BTreeMap<u32, u64>, view: &[PartitionView]) -> Self {
         let finished: BTreeMap<u32, bool> = view
             .iter()
-            .map(|p| (p.id, !p.open && position(initial, p) >= p.end_offset))
+            .map(|p| {
+                (
+                    p.id,
+                    !p.open && position(initial, anchors, p) >= p.end_offset,
+                )
+            })
             .collect();
         // A parent missing from the view was removed by retention after all its records
         // expired: there is nothing left to consume in it.
@@ -257,7 +274,20 @@ impl Group {
             members: BTreeMap::new(),
             leases: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            anchors: BTreeMap::new(),
+            new_anchors: Vec::new(),
         }
+    }
+
+    /// Anchors set since the last call, as `(partition, offset)`, for the caller to store as
+    /// checkpoints.
+    pub(crate) fn take_anchors(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.new_anchors)
+    }
+
+    /// Live members: those that have not been silent past their session timeout.
+    pub(crate) fn live_members(&self, now_ms: u64) -> usize {
+        self.members.values().filter(|m| !m.expired(now_ms)).count()
     }
 
     pub(crate) fn member_count(&self) -> usize {
@@ -269,16 +299,9 @@ impl Group {
         if self.stream_uid != stream_uid {
             self.stream_uid = stream_uid;
             self.leases.clear();
+            self.anchors.clear();
+            self.new_anchors.clear();
         }
-    }
-
-    /// Whether a live member holds a lease on `partition` (a plain checkpoint commit must not
-    /// move it underneath the holder).
-    pub(crate) fn is_leased(&self, partition: u32, now_ms: u64) -> bool {
-        self.leases
-            .get(&partition)
-            .and_then(|l| self.members.get(&l.member))
-            .is_some_and(|m| !m.expired(now_ms))
     }
 
     pub(crate) fn add_member(
@@ -390,7 +413,7 @@ impl Group {
                 (Some(since), Some(m)) => now_ms.saturating_sub(since) <= m.session_timeout_ms,
             });
 
-        let eligibility = Eligibility::of(self.initial, view);
+        let eligibility = Eligibility::of(self.initial, &self.anchors, view);
         let ready = &eligibility.ready;
         self.leases.retain(|p, _| ready.contains(p));
         if self.members.is_empty() {
@@ -424,25 +447,15 @@ impl Group {
 
         let mut desired: BTreeMap<u32, &str> = BTreeMap::new();
         let mut count: BTreeMap<&str, usize> = quota.keys().map(|id| (*id, 0)).collect();
-        // Keep what members hold, up to their share...
+        // Keep what members hold, up to their share (a lease being revoked is not held: once
+        // asked back it goes back, so a holder never sees a revocation withdrawn after it
+        // stopped reading and a stale start offset handed to it again)...
         for (id, parts) in &held {
             for &p in parts {
                 if count[id] < quota[id] {
                     desired.insert(p, id);
                     *count.entry(id).or_default() += 1;
                 }
-            }
-        }
-        // ...let a lease being revoked stay if its holder has room after all...
-        for (&p, l) in &self.leases {
-            let id = l.member.as_str();
-            if l.revoking_since.is_some()
-                && !desired.contains_key(&p)
-                && let (Some(c), Some(q)) = (count.get(id), quota.get(id))
-                && c < q
-            {
-                desired.insert(p, id);
-                *count.entry(id).or_default() += 1;
             }
         }
         // ...and give the rest to whoever has the most room.
@@ -467,14 +480,21 @@ impl Group {
         let views: BTreeMap<u32, &PartitionView> = view.iter().map(|p| (p.id, p)).collect();
         for (p, want) in desired {
             match self.leases.get_mut(&p) {
-                Some(l) if l.member == want => l.revoking_since = None,
-                Some(l) => {
-                    l.revoking_since.get_or_insert(now_ms);
-                }
+                Some(l) if l.member == want || l.revoking_since.is_some() => {}
+                Some(l) => l.revoking_since = Some(now_ms),
                 None => {
                     let epoch = self.epochs.get(&p).map_or(1, |e| e + 1);
                     self.epochs.insert(p, epoch);
-                    let start_offset = views.get(&p).map_or(0, |v| position(self.initial, v));
+                    let start_offset = views
+                        .get(&p)
+                        .map_or(0, |v| position(self.initial, &self.anchors, v));
+                    if self.initial == InitialPosition::Latest
+                        && views.get(&p).is_some_and(|v| v.checkpoint.is_none())
+                        && !self.anchors.contains_key(&p)
+                    {
+                        self.anchors.insert(p, start_offset);
+                        self.new_anchors.push((p, start_offset));
+                    }
                     self.leases.insert(
                         p,
                         LeaseState {
@@ -499,7 +519,7 @@ impl Group {
         view: &[PartitionView],
         now_ms: u64,
     ) -> GroupDescription {
-        let eligibility = Eligibility::of(self.initial, view);
+        let eligibility = Eligibility::of(self.initial, &self.anchors, view);
         let members = self
             .members
             .iter()
@@ -525,7 +545,7 @@ impl Group {
                     Some(_) => GroupPartitionState::Leased,
                     None => GroupPartitionState::Unassigned,
                 });
-                let pos = position(self.initial, p).min(p.end_offset);
+                let pos = position(self.initial, &self.anchors, p).min(p.end_offset);
                 GroupPartition {
                     partition: p.id,
                     open: p.open,
@@ -612,12 +632,16 @@ impl Groups {
         stream: &str,
         stream_uid: u64,
         initial: InitialPosition,
+        now_ms: u64,
     ) -> Result<Arc<Mutex<Group>>> {
         let mut map = self.map();
         if let Some(g) = map.get(&(group.to_owned(), stream.to_owned())) {
             return Ok(Arc::clone(g));
         }
-        let members: usize = map.values().map(|g| lock_group(g).member_count()).sum();
+        let members: usize = map
+            .values()
+            .map(|g| lock_group(g).live_members(now_ms))
+            .sum();
         if members >= MEMBERS_MAX {
             return Err(Error::TooManyMembers { max: MEMBERS_MAX });
         }
@@ -626,10 +650,14 @@ impl Groups {
         Ok(g)
     }
 
-    /// Live members over every group.
-    pub(crate) fn total_members(&self) -> usize {
+    /// Live members over every group; members silent past their timeout do not count, even
+    /// before a request to their group removes them.
+    pub(crate) fn total_members(&self, now_ms: u64) -> usize {
         let groups: Vec<Arc<Mutex<Group>>> = self.map().values().cloned().collect();
-        groups.iter().map(|g| lock_group(g).member_count()).sum()
+        groups
+            .iter()
+            .map(|g| lock_group(g).live_members(now_ms))
+            .sum()
     }
 
     /// Forgets the group if it has no members (its checkpoints stay on disk).
@@ -857,6 +885,55 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_is_not_withdrawn_once_made() {
+        let view: Vec<_> = (0..2).map(open).collect();
+        let mut g = Group::new(1, InitialPosition::Earliest);
+        g.add_member("a".into(), String::new(), 1000, 0);
+        g.rebalance(&view, 0);
+        g.add_member("b".into(), String::new(), 1000, 1);
+        g.rebalance(&view, 1);
+        let asked: Vec<_> = g
+            .leases_of("a")
+            .into_iter()
+            .filter(|l| l.revoking)
+            .collect();
+        assert_eq!(asked.len(), 1);
+        // b leaves before a released: a may have stopped reading already, so the lease stays
+        // asked back rather than silently becoming a's again at its old start offset.
+        g.remove_member("b");
+        g.rebalance(&view, 2);
+        let still = g.leases_of("a");
+        assert!(
+            still
+                .iter()
+                .any(|l| l.partition == asked[0].partition && l.revoking)
+        );
+        g.release("a", &[(asked[0].partition, asked[0].epoch)]);
+        g.rebalance(&view, 3);
+        let back = g.leases_of("a");
+        let again = back
+            .iter()
+            .find(|l| l.partition == asked[0].partition)
+            .unwrap();
+        assert!(!again.revoking);
+        assert!(again.epoch > asked[0].epoch, "given back as a new lease");
+    }
+
+    #[test]
+    fn silent_members_do_not_count_as_live_before_anyone_removes_them() {
+        let mut g = Group::new(1, InitialPosition::Earliest);
+        g.add_member("a".into(), String::new(), 100, 0);
+        g.add_member("b".into(), String::new(), 1000, 0);
+        assert_eq!(g.live_members(50), 2);
+        assert_eq!(g.live_members(500), 1);
+        assert_eq!(
+            g.member_count(),
+            2,
+            "still listed until a request sweeps them"
+        );
+    }
+
+    #[test]
     fn leaving_hands_leases_over_at_once_with_new_epochs() {
         let view: Vec<_> = (0..4).map(open).collect();
         let mut g = Group::new(1, InitialPosition::Earliest);
@@ -927,7 +1004,7 @@ mod tests {
         }
 
         fn check(g: &Group, view: &[PartitionView], epochs: &mut BTreeMap<u32, (String, u64)>) {
-            let ready = Eligibility::of(g.initial, view).ready;
+            let ready = Eligibility::of(g.initial, &g.anchors, view).ready;
             for (p, l) in &g.leases {
                 assert!(ready.contains(p), "lease on {p}, which is not ready");
                 assert!(g.members.contains_key(&l.member), "lease of a gone member");
@@ -998,7 +1075,7 @@ mod tests {
                         check(&g, &view, &mut epochs);
                     }
                 }
-                let ready = Eligibility::of(g.initial, &view).ready;
+                let ready = Eligibility::of(g.initial, &g.anchors, &view).ready;
                 if g.members.is_empty() {
                     prop_assert!(g.leases.is_empty());
                 } else {

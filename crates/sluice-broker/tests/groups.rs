@@ -1,5 +1,6 @@
 //! The consumer-group coordinator through the broker's API: lag in records and in the stream's
-//! own time, plain checkpoint commits refused under a lease, listing and describing from
+//! own time, plain checkpoint commits refused while members are live, `latest` anchored at the
+//! first grant (so a parent's tail is read before its children), listing and describing from
 //! checkpoints alone, a stream deleted and created again, and the limits on what a member may
 //! ask for.
 
@@ -75,7 +76,7 @@ fn lag_is_counted_in_records_and_in_the_streams_own_time() {
 }
 
 #[test]
-fn a_plain_checkpoint_commit_cannot_move_a_leased_partition() {
+fn a_plain_checkpoint_commit_waits_for_the_group_to_be_inactive() {
     let dir = tempfile::tempdir().unwrap();
     let b = Broker::open(dir.path(), BrokerOptions::default()).unwrap();
     one_partition(&b, "s");
@@ -89,7 +90,7 @@ fn a_plain_checkpoint_commit_cannot_move_a_leased_partition() {
     assert_eq!(lease.start_offset, 1, "the lease starts at the checkpoint");
     assert!(matches!(
         b.commit_checkpoint("g", "s", 0, 0),
-        Err(Error::NotLeaseHolder { partition: 0, .. })
+        Err(Error::GroupActive { .. })
     ));
     // Another group is not affected.
     b.commit_checkpoint("other", "s", 0, 0).unwrap();
@@ -111,7 +112,7 @@ fn groups_are_listed_and_described_from_checkpoints_alone_after_a_reopen() {
             .unwrap();
         let lease = b.heartbeat("g", "a", &m, &[]).unwrap()[0];
         b.commit_lease("g", "a", &m, 0, lease.epoch, 1).unwrap();
-        b.join_group("live", "b", "x", SESSION, InitialPosition::Latest)
+        b.join_group("live", "b", "x", SESSION, InitialPosition::Earliest)
             .unwrap();
         let listed: Vec<_> = b
             .list_groups()
@@ -225,4 +226,67 @@ fn members_ask_within_limits() {
         b.leave_group("full", "s", "not-a-member"),
         Err(Error::UnknownMember(_))
     ));
+}
+
+#[test]
+fn latest_is_anchored_at_the_first_grant_so_a_parents_tail_comes_before_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::open(dir.path(), BrokerOptions::default()).unwrap();
+    one_partition(&b, "s");
+    let old: Vec<PutRecord> = (0..10)
+        .map(|i| PutRecord::new(format!("k{i}"), "old"))
+        .collect();
+    b.put("s", &old).unwrap();
+    let m = b
+        .join_group("g", "s", "m", SESSION, InitialPosition::Latest)
+        .unwrap();
+    let lease = b.heartbeat("g", "s", &m, &[]).unwrap()[0];
+    assert_eq!(
+        lease.start_offset, 10,
+        "latest: only what comes after the grant"
+    );
+    assert_eq!(
+        b.fetch_checkpoint("g", "s", 0).unwrap(),
+        Some(10),
+        "the anchor is stored as the group's position"
+    );
+    let new: Vec<PutRecord> = (0..50)
+        .map(|i| PutRecord::new(format!("k{i}"), "new"))
+        .collect();
+    b.put("s", &new).unwrap();
+    b.split("s", 0, None).unwrap();
+    // The parent is closed at 60 but the group is at 10: its children wait.
+    let leases = b.heartbeat("g", "s", &m, &[]).unwrap();
+    assert_eq!(
+        leases.iter().map(|l| l.partition).collect::<Vec<_>>(),
+        vec![0]
+    );
+    let d = b.describe_group("g", "s").unwrap();
+    assert_eq!(d.partitions[0].state, GroupPartitionState::Leased);
+    assert_eq!(d.partitions[0].lag_records, 50);
+    assert!(
+        d.partitions[1..]
+            .iter()
+            .all(|p| p.state == GroupPartitionState::Waiting)
+    );
+    // Another member taking over before the first commit resumes at the anchor too.
+    b.leave_group("g", "s", &m).unwrap();
+    let m2 = b
+        .join_group("g", "s", "m2", SESSION, InitialPosition::Latest)
+        .unwrap();
+    let lease = b.heartbeat("g", "s", &m2, &[]).unwrap()[0];
+    assert_eq!((lease.partition, lease.start_offset), (0, 10));
+    b.commit_lease("g", "s", &m2, 0, lease.epoch, 60).unwrap();
+    let mut children: Vec<u32> = b
+        .heartbeat("g", "s", &m2, &[])
+        .unwrap()
+        .iter()
+        .map(|l| l.partition)
+        .collect();
+    children.sort_unstable();
+    assert_eq!(
+        children,
+        vec![1, 2],
+        "children once the parent is read to its end"
+    );
 }

@@ -257,6 +257,9 @@ pub struct GroupConsumer {
     changed: Arc<Notify>,
     heartbeats: JoinHandle<()>,
     owned: BTreeMap<u32, Owned>,
+    /// Leases given back, as `(partition, epoch)`, until the server stops listing them: one
+    /// seen again in a heartbeat answered before the release arrived is not taken up again.
+    released: std::collections::BTreeSet<(u32, u64)>,
     events: VecDeque<GroupEvent>,
     /// The partition read last, for round-robin.
     cursor: Option<u32>,
@@ -305,6 +308,7 @@ impl GroupConsumer {
             changed,
             heartbeats,
             owned: BTreeMap::new(),
+            released: std::collections::BTreeSet::new(),
             events: VecDeque::new(),
             cursor: None,
         })
@@ -514,8 +518,14 @@ impl GroupConsumer {
             self.owned.remove(&p);
             self.events.push_back(GroupEvent::Revoked { partition: p });
         }
+        self.released
+            .retain(|(p, e)| held.get(p).is_some_and(|l| l.epoch == *e));
         for l in leases {
+            if self.released.contains(&(l.partition, l.epoch)) {
+                continue;
+            }
             if l.revoking {
+                self.released.insert((l.partition, l.epoch));
                 release.push((l.partition, l.epoch));
             } else if let std::collections::btree_map::Entry::Vacant(slot) =
                 self.owned.entry(l.partition)
@@ -624,10 +634,9 @@ const TRANSIENT_PAUSE: Duration = Duration::from_millis(100);
 fn is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Io(_) | ClientError::Timeout | ClientError::ConnectionClosed => true,
-        ClientError::Server { kind, .. } => matches!(
-            kind,
-            Some(ErrorCode::Busy | ErrorCode::StorageUnavailable)
-        ),
+        ClientError::Server { kind, .. } => {
+            matches!(kind, Some(ErrorCode::Busy | ErrorCode::StorageUnavailable))
+        }
         _ => false,
     }
 }

@@ -67,6 +67,9 @@ pub enum ErrorCode {
     GroupNotFound = 72,
     /// The group, or the server, has the most members it may have.
     TooManyMembers = 73,
+    /// A plain checkpoint commit while the group has live members on the stream: only they
+    /// move its positions.
+    GroupActive = 74,
     /// A failure inside the server that no request should be able to cause (a bug); the message
     /// says what.
     Internal = 60,
@@ -74,7 +77,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         Self::UnsupportedVersion,
         Self::MalformedRequest,
         Self::FrameTooLarge,
@@ -104,6 +107,7 @@ impl ErrorCode {
         Self::NotLeaseHolder,
         Self::GroupNotFound,
         Self::TooManyMembers,
+        Self::GroupActive,
     ];
 
     /// The code's number on the wire.

@@ -30,6 +30,7 @@ pub fn to_wire(e: &BrokerError) -> ErrorResponse {
         BrokerError::NotLeaseHolder { .. } => ErrorCode::NotLeaseHolder,
         BrokerError::GroupNotFound { .. } => ErrorCode::GroupNotFound,
         BrokerError::TooManyMembers { .. } => ErrorCode::TooManyMembers,
+        BrokerError::GroupActive { .. } => ErrorCode::GroupActive,
         BrokerError::Log(l) => match l {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Corruption { .. } => ErrorCode::Corruption,

@@ -348,12 +348,12 @@ async fn a_zombie_cannot_commit_after_its_lease_moved() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotLeaseHolder), "{err}");
-    // A plain checkpoint commit cannot move a leased partition either.
+    // A plain checkpoint commit cannot move a position while the group has members.
     let err = client
         .commit_checkpoint("billing", "orders", moved.partition, 0)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::NotLeaseHolder), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::GroupActive), "{err}");
     assert_eq!(
         client
             .fetch_checkpoint("billing", "orders", moved.partition)

@@ -1,6 +1,9 @@
 //! The consumer-group coordinator's wiring: the state machine of `group.rs` fed with the
 //! catalog, the logs and the checkpoint store. Each request locks its group for its whole
-//! length, commit included, so leases and checkpoints change together.
+//! length, commit included, so leases and checkpoints change together, and takes its view of
+//! the catalog only once it holds that lock: views are then applied in the order they were
+//! taken, and a request that started before a split cannot undo the leases a later one granted
+//! after it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,20 +48,20 @@ impl Broker {
                 SESSION_TIMEOUT_MIN, SESSION_TIMEOUT_MAX
             )));
         }
-        let snap = self.snapshot();
-        let s = snap.stream(stream)?;
+        let uid = self.snapshot().stream(stream)?.meta.uid;
+        let now = self.now_ms();
         // Counted before the group is locked: counting locks every group.
-        if self.groups.total_members() >= MEMBERS_MAX {
+        if self.groups.total_members(now) >= MEMBERS_MAX {
             return Err(Error::TooManyMembers { max: MEMBERS_MAX });
         }
         let g = self
             .groups
-            .get_or_create(group, stream, s.meta.uid, initial)?;
+            .get_or_create(group, stream, uid, initial, now)?;
         let mut g = lock_group(&g);
-        let now = self.now_ms();
+        let snap = self.snapshot();
+        let s = snap.stream(stream)?;
         g.check_stream(s.meta.uid);
-        let view = self.group_view(group, s)?;
-        g.rebalance(&view, now);
+        self.rebalance(group, s, &mut g)?;
         if g.member_count() >= GROUP_MEMBERS_MAX {
             return Err(Error::TooManyMembers {
                 max: GROUP_MEMBERS_MAX,
@@ -72,9 +75,9 @@ impl Broker {
             id.clone(),
             member_name.to_owned(),
             duration_ms(session_timeout),
-            now,
+            self.now_ms(),
         );
-        g.rebalance(&view, now);
+        self.rebalance(group, s, &mut g)?;
         Ok(id)
     }
 
@@ -90,8 +93,7 @@ impl Broker {
     ) -> Result<Vec<Lease>> {
         self.with_member(group, stream, member_id, |broker, g, s| {
             g.release(member_id, released);
-            let view = broker.group_view(group, s)?;
-            g.rebalance(&view, broker.now_ms());
+            broker.rebalance(group, s, g)?;
             Ok(g.leases_of(member_id))
         })
     }
@@ -112,8 +114,7 @@ impl Broker {
         self.with_member(group, stream, member_id, |broker, g, s| {
             g.check_lease(member_id, partition, epoch)?;
             broker.write_checkpoint(group, s, partition, offset)?;
-            let view = broker.group_view(group, s)?;
-            g.rebalance(&view, broker.now_ms());
+            broker.rebalance(group, s, g)?;
             Ok(())
         })
     }
@@ -123,8 +124,7 @@ impl Broker {
     pub fn leave_group(&self, group: &str, stream: &str, member_id: &str) -> Result<()> {
         self.with_member(group, stream, member_id, |broker, g, s| {
             g.remove_member(member_id);
-            let view = broker.group_view(group, s)?;
-            g.rebalance(&view, broker.now_ms());
+            broker.rebalance(group, s, g)?;
             Ok(())
         })?;
         self.groups.remove_if_empty(group, stream);
@@ -140,16 +140,21 @@ impl Broker {
         f: impl FnOnce(&Self, &mut Group, &Stream) -> Result<T>,
     ) -> Result<T> {
         name::validate(group)?;
-        let snap = self.snapshot();
-        let s = snap.stream(stream)?;
+        self.snapshot().stream(stream)?;
         let Some(g) = self.groups.get(group, stream) else {
             return Err(Error::UnknownMember(member_id.to_owned()));
         };
         let result = {
             let mut g = lock_group(&g);
-            g.check_stream(s.meta.uid);
-            match g.touch(member_id, self.now_ms()) {
-                Ok(()) => f(self, &mut g, s),
+            let snap = self.snapshot();
+            match snap.stream(stream) {
+                Ok(s) => {
+                    g.check_stream(s.meta.uid);
+                    match g.touch(member_id, self.now_ms()) {
+                        Ok(()) => f(self, &mut g, s),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             }
         };
@@ -163,29 +168,38 @@ impl Broker {
     /// members nor checkpoints on the stream is [`Error::GroupNotFound`].
     pub fn describe_group(&self, group: &str, stream: &str) -> Result<GroupDescription> {
         name::validate(group)?;
+        self.snapshot().stream(stream)?;
+        let in_memory = match self.groups.get(group, stream) {
+            Some(g) => {
+                let mut g = lock_group(&g);
+                let snap = self.snapshot();
+                let s = snap.stream(stream)?;
+                g.check_stream(s.meta.uid);
+                let view = self.rebalance(group, s, &mut g)?;
+                (g.member_count() > 0).then(|| g.describe(group, stream, &view, self.now_ms()))
+            }
+            None => None,
+        };
         let snap = self.snapshot();
         let s = snap.stream(stream)?;
-        let view = self.group_view(group, s)?;
-        let now = self.now_ms();
-        let in_memory = self.groups.get(group, stream).and_then(|g| {
-            let mut g = lock_group(&g);
-            g.check_stream(s.meta.uid);
-            g.rebalance(&view, now);
-            (g.member_count() > 0).then(|| g.describe(group, stream, &view, now))
-        });
         let mut d = match in_memory {
             Some(d) => d,
-            None if view.iter().any(|p| p.checkpoint.is_some()) => {
-                // Only checkpoints: describe it as a group nobody has joined since the start.
-                Group::new(s.meta.uid, InitialPosition::Earliest)
-                    .describe(group, stream, &view, now)
-            }
             None => {
                 self.groups.remove_if_empty(group, stream);
-                return Err(Error::GroupNotFound {
-                    group: group.to_owned(),
-                    stream: stream.to_owned(),
-                });
+                let view = self.group_view(group, s)?;
+                if !view.iter().any(|p| p.checkpoint.is_some()) {
+                    return Err(Error::GroupNotFound {
+                        group: group.to_owned(),
+                        stream: stream.to_owned(),
+                    });
+                }
+                // Only checkpoints: describe it as a group nobody has joined since the start.
+                Group::new(s.meta.uid, InitialPosition::Earliest).describe(
+                    group,
+                    stream,
+                    &view,
+                    self.now_ms(),
+                )
             }
         };
         for p in &mut d.partitions {
@@ -225,11 +239,11 @@ impl Broker {
             };
             let members = {
                 let mut g = lock_group(&g);
+                let snap = self.snapshot();
                 match snap.streams.get(&stream) {
                     Some(s) => {
                         g.check_stream(s.meta.uid);
-                        let view = self.group_view(&group, s)?;
-                        g.rebalance(&view, now);
+                        self.rebalance(&group, s, &mut g)?;
                     }
                     // The stream is gone; so is the group.
                     None => {
@@ -279,6 +293,21 @@ impl Broker {
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    /// Rebalances a locked group against the stream `s` (taken after the lock) and stores the
+    /// positions it anchored for `latest` as checkpoints. Returns the view it used.
+    fn rebalance(&self, group: &str, s: &Stream, g: &mut Group) -> Result<Vec<PartitionView>> {
+        let view = self.group_view(group, s)?;
+        g.rebalance(&view, self.now_ms());
+        let anchors = g.take_anchors();
+        if anchors.is_empty() {
+            return Ok(view);
+        }
+        for (partition, offset) in anchors {
+            self.write_checkpoint(group, s, partition, offset)?;
+        }
+        self.group_view(group, s)
     }
 
     /// What the coordinator needs to know about each partition of `s`, with the group's
