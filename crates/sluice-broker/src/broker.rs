@@ -1026,9 +1026,9 @@ impl Broker {
         let now = self.now_ms();
         // The group's entry, made if need be, is held across the write, so no member can join
         // and be leased a position this is about to move.
-        let g =
-            self.groups
-                .get_or_create(group, stream, uid, group::InitialPosition::Earliest, now)?;
+        let g = self
+            .groups
+            .get_or_create(group, stream, uid, group::InitialPosition::Earliest);
         let result = {
             let g = group::lock_group(&g);
             let snap = self.snapshot();

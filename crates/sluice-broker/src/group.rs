@@ -624,30 +624,22 @@ impl Groups {
             .cloned()
     }
 
-    /// The group, created empty if it is not in memory. Refused when the broker already holds
-    /// its maximum of members (counted over every group).
+    /// The group, created empty if it is not in memory. The caller bounds how many exist: a join
+    /// checks the server's member limit first, and other callers remove an empty group when
+    /// done. No group is locked here, so a group busy with a commit's fsync never holds up the
+    /// map every other request goes through.
     pub(crate) fn get_or_create(
         &self,
         group: &str,
         stream: &str,
         stream_uid: u64,
         initial: InitialPosition,
-        now_ms: u64,
-    ) -> Result<Arc<Mutex<Group>>> {
+    ) -> Arc<Mutex<Group>> {
         let mut map = self.map();
-        if let Some(g) = map.get(&(group.to_owned(), stream.to_owned())) {
-            return Ok(Arc::clone(g));
-        }
-        let members: usize = map
-            .values()
-            .map(|g| lock_group(g).live_members(now_ms))
-            .sum();
-        if members >= MEMBERS_MAX {
-            return Err(Error::TooManyMembers { max: MEMBERS_MAX });
-        }
-        let g = Arc::new(Mutex::new(Group::new(stream_uid, initial)));
-        map.insert((group.to_owned(), stream.to_owned()), Arc::clone(&g));
-        Ok(g)
+        Arc::clone(
+            map.entry((group.to_owned(), stream.to_owned()))
+                .or_insert_with(|| Arc::new(Mutex::new(Group::new(stream_uid, initial)))),
+        )
     }
 
     /// Live members over every group; members silent past their timeout do not count, even
@@ -664,10 +656,14 @@ impl Groups {
     pub(crate) fn remove_if_empty(&self, group: &str, stream: &str) {
         let mut map = self.map();
         let key = (group.to_owned(), stream.to_owned());
-        if map
-            .get(&key)
-            .is_some_and(|g| lock_group(g).member_count() == 0)
-        {
+        // A group busy with a request (perhaps a commit's fsync) is not waited for while the map
+        // is held: it stays, and a later request or listing removes it if it is still empty.
+        let empty = map.get(&key).is_some_and(|g| match g.try_lock() {
+            Ok(g) => g.member_count() == 0,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().member_count() == 0,
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        });
+        if empty {
             map.remove(&key);
         }
     }

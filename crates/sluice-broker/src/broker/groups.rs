@@ -54,9 +54,7 @@ impl Broker {
         if self.groups.total_members(now) >= MEMBERS_MAX {
             return Err(Error::TooManyMembers { max: MEMBERS_MAX });
         }
-        let g = self
-            .groups
-            .get_or_create(group, stream, uid, initial, now)?;
+        let g = self.groups.get_or_create(group, stream, uid, initial);
         let mut g = lock_group(&g);
         let snap = self.snapshot();
         let s = snap.stream(stream)?;
