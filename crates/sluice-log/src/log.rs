@@ -615,6 +615,10 @@ impl Shared {
             while s.busy.iter().any(|b| *b) {
                 s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
             }
+            // A slot's fsync may have failed while we waited. Its error was reported on this
+            // same descriptor and will not be reported again, so a new fsync here could succeed
+            // over the lost pages: the poison, set before the slot was freed, must stop us.
+            self.check_writable()?;
             self.fsync_data(&*a.file, &a.path)?;
         }
         let mut index = a.index.clone();
@@ -683,6 +687,9 @@ impl Shared {
             };
             let slot = {
                 let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                // A slot's fsync may have failed since we looked (it poisons the log before it
+                // frees the slot): never fsync a descriptor again after an error on it.
+                self.check_writable()?;
                 // Another waiter may have started an fsync covering us, or taken the last free
                 // slot, since we looked.
                 match s.busy.iter().position(|b| !*b) {
