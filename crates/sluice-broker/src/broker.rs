@@ -1023,26 +1023,22 @@ impl Broker {
     ) -> Result<()> {
         name::validate(group)?;
         let uid = self.snapshot().stream(stream)?.meta.uid;
-        let now = self.now_ms();
         // The group's entry, made if need be, is held across the write, so no member can join
         // and be leased a position this is about to move.
-        let g = self
-            .groups
-            .get_or_create(group, stream, uid, group::InitialPosition::Earliest);
-        let result = {
-            let g = group::lock_group(&g);
-            let snap = self.snapshot();
-            let s = snap.stream(stream)?;
-            s.partition(partition)?;
-            if g.live_members(now) > 0 {
-                Err(Error::GroupActive {
-                    group: group.to_owned(),
-                    stream: stream.to_owned(),
-                })
-            } else {
+        let result =
+            self.lock_or_create(group, stream, uid, group::InitialPosition::Earliest, |g| {
+                let snap = self.snapshot();
+                let s = snap.stream(stream)?;
+                s.partition(partition)?;
+                if g.live_members(self.now_ms()) > 0 {
+                    return Err(Error::GroupActive {
+                        group: group.to_owned(),
+                        stream: stream.to_owned(),
+                    });
+                }
                 self.write_checkpoint(group, s, partition, offset)
-            }
-        };
+            });
+        // Whatever happened, an entry made only for this goes again.
         self.groups.remove_if_empty(group, stream);
         result
     }
@@ -1062,8 +1058,10 @@ impl Broker {
         }
         let _writing = lock(&self.checkpoint_writes);
         let path = self.checkpoint_path(group);
-        let mut updated = match lock(&self.checkpoints).get(group) {
-            Some(m) => m.clone(),
+        // The cache is looked up and let go before any file is read.
+        let cached = lock(&self.checkpoints).get(group).cloned();
+        let mut updated = match cached {
+            Some(m) => m,
             None => meta::load(&*self.fs, CHECKPOINT_MAGIC, &path)?.unwrap_or_default(),
         };
         updated.insert((s.meta.uid, partition), offset);

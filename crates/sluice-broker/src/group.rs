@@ -204,44 +204,69 @@ pub(crate) struct Group {
     /// never repeat; member ids are unique for the broker's lifetime, so a zombie from before a
     /// restart is refused as an unknown member.
     epochs: BTreeMap<u32, u64>,
-    /// Under `latest`, where a partition without a checkpoint was first leased from. From then
-    /// on that is the group's position there, not the partition's moving end: otherwise a
-    /// lease moving before its first commit would skip records, and a parent closed before its
-    /// first commit would count as consumed to its end. The caller stores each new anchor as
-    /// the group's checkpoint (`take_anchors`), so it outlives the group's time in memory.
+    /// Where a partition without a checkpoint was first leased from. From then on that is the
+    /// group's position there: otherwise, under `latest`, a lease moving before its first
+    /// commit would skip records, and a parent closed before its first commit would count as
+    /// consumed to its end. The caller stores every anchor the view shows without a checkpoint
+    /// as the group's checkpoint (`anchors_to_store`), retrying until it is written, so it
+    /// outlives the group's time in memory.
     anchors: BTreeMap<u32, u64>,
-    new_anchors: Vec<(u32, u64)>,
+    /// Set, under this group's lock, when the group is taken out of the map: whoever locks it
+    /// afterwards must look it up again instead of working on a group nobody else sees.
+    pub(crate) removed: bool,
 }
 
-/// The group's position in a partition: its checkpoint, else its anchor, else the initial
-/// position; never below the oldest record held (a checkpoint below what retention kept
-/// resumes there).
-fn position(initial: InitialPosition, anchors: &BTreeMap<u32, u64>, p: &PartitionView) -> u64 {
-    let pos = p
-        .checkpoint
-        .or_else(|| anchors.get(&p.id).copied())
-        .unwrap_or(match initial {
-            InitialPosition::Earliest => p.start_offset,
-            InitialPosition::Latest => p.end_offset,
+/// The group's position in every partition of the view: its checkpoint, else its anchor, else
+/// the initial position; never below the oldest record held (a checkpoint below what retention
+/// kept resumes there). Under `latest`, a partition whose parent the group has read (or would
+/// read, through its own parents) starts at its oldest record, not its end, as the KCL starts
+/// children at the trim horizon: its records came after the parent's, and the group follows
+/// the keys across the reshard. A parent no longer in the view counts as read.
+fn positions(
+    initial: InitialPosition,
+    anchors: &BTreeMap<u32, u64>,
+    view: &[PartitionView],
+) -> BTreeMap<u32, u64> {
+    // Children always have larger ids than their parents, so one pass in id order sees every
+    // parent before its children.
+    let mut ordered: Vec<&PartitionView> = view.iter().collect();
+    ordered.sort_by_key(|p| p.id);
+    let mut followed: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for p in ordered {
+        let from_parent = p
+            .parents
+            .iter()
+            .any(|q| followed.get(q).copied().unwrap_or(true));
+        let known = p.checkpoint.or_else(|| anchors.get(&p.id).copied());
+        followed.insert(
+            p.id,
+            initial == InitialPosition::Earliest || known.is_some() || from_parent,
+        );
+        let pos = known.unwrap_or(match initial {
+            InitialPosition::Latest if !from_parent => p.end_offset,
+            _ => p.start_offset,
         });
-    pos.max(p.start_offset)
+        out.insert(p.id, pos.max(p.start_offset));
+    }
+    out
 }
 
 /// Eligibility of every partition of the view: finished ones, and ones ready to be leased.
 struct Eligibility {
+    positions: BTreeMap<u32, u64>,
     finished: BTreeMap<u32, bool>,
     ready: Vec<u32>,
 }
 
 impl Eligibility {
     fn of(initial: InitialPosition, anchors: &BTreeMap<u32, u64>, view: &[PartitionView]) -> Self {
+        let positions = positions(initial, anchors, view);
         let finished: BTreeMap<u32, bool> = view
             .iter()
             .map(|p| {
-                (
-                    p.id,
-                    !p.open && position(initial, anchors, p) >= p.end_offset,
-                )
+                let pos = positions.get(&p.id).copied().unwrap_or(p.start_offset);
+                (p.id, !p.open && pos >= p.end_offset)
             })
             .collect();
         // A parent missing from the view was removed by retention after all its records
@@ -252,7 +277,15 @@ impl Eligibility {
             .filter(|p| !is_finished(&p.id) && p.parents.iter().all(is_finished))
             .map(|p| p.id)
             .collect();
-        Self { finished, ready }
+        Self {
+            positions,
+            finished,
+            ready,
+        }
+    }
+
+    fn position(&self, p: &PartitionView) -> u64 {
+        self.positions.get(&p.id).copied().unwrap_or(p.start_offset)
     }
 
     fn state(&self, p: &PartitionView) -> Option<GroupPartitionState> {
@@ -275,14 +308,17 @@ impl Group {
             leases: BTreeMap::new(),
             epochs: BTreeMap::new(),
             anchors: BTreeMap::new(),
-            new_anchors: Vec::new(),
+            removed: false,
         }
     }
 
-    /// Anchors set since the last call, as `(partition, offset)`, for the caller to store as
-    /// checkpoints.
-    pub(crate) fn take_anchors(&mut self) -> Vec<(u32, u64)> {
-        std::mem::take(&mut self.new_anchors)
+    /// Anchors of partitions the view shows without a checkpoint, as `(partition, offset)`,
+    /// for the caller to store as checkpoints. A failed store is retried on the next call.
+    pub(crate) fn anchors_to_store(&self, view: &[PartitionView]) -> Vec<(u32, u64)> {
+        view.iter()
+            .filter(|p| p.checkpoint.is_none())
+            .filter_map(|p| self.anchors.get(&p.id).map(|a| (p.id, *a)))
+            .collect()
     }
 
     /// Live members: those that have not been silent past their session timeout.
@@ -300,7 +336,6 @@ impl Group {
             self.stream_uid = stream_uid;
             self.leases.clear();
             self.anchors.clear();
-            self.new_anchors.clear();
         }
     }
 
@@ -485,15 +520,13 @@ impl Group {
                 None => {
                     let epoch = self.epochs.get(&p).map_or(1, |e| e + 1);
                     self.epochs.insert(p, epoch);
-                    let start_offset = views
-                        .get(&p)
-                        .map_or(0, |v| position(self.initial, &self.anchors, v));
+                    let start_offset = views.get(&p).map_or(0, |v| eligibility.position(v));
+                    // Under `earliest` the position without a checkpoint is the oldest record
+                    // held, which can only move forward with retention: nothing to pin.
                     if self.initial == InitialPosition::Latest
                         && views.get(&p).is_some_and(|v| v.checkpoint.is_none())
-                        && !self.anchors.contains_key(&p)
                     {
-                        self.anchors.insert(p, start_offset);
-                        self.new_anchors.push((p, start_offset));
+                        self.anchors.entry(p).or_insert(start_offset);
                     }
                     self.leases.insert(
                         p,
@@ -545,7 +578,7 @@ impl Group {
                     Some(_) => GroupPartitionState::Leased,
                     None => GroupPartitionState::Unassigned,
                 });
-                let pos = position(self.initial, &self.anchors, p).min(p.end_offset);
+                let pos = eligibility.position(p).min(p.end_offset);
                 GroupPartition {
                     partition: p.id,
                     open: p.open,
@@ -654,17 +687,20 @@ impl Groups {
 
     /// Forgets the group if it has no members (its checkpoints stay on disk).
     pub(crate) fn remove_if_empty(&self, group: &str, stream: &str) {
-        let mut map = self.map();
         let key = (group.to_owned(), stream.to_owned());
-        // A group busy with a request (perhaps a commit's fsync) is not waited for while the map
-        // is held: it stays, and a later request or listing removes it if it is still empty.
-        let empty = map.get(&key).is_some_and(|g| match g.try_lock() {
-            Ok(g) => g.member_count() == 0,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().member_count() == 0,
-            Err(std::sync::TryLockError::WouldBlock) => false,
-        });
-        if empty {
+        let Some(entry) = self.map().get(&key).cloned() else {
+            return;
+        };
+        // The group is locked before the map (never the map while waiting for a group), and
+        // marked removed under its lock, so a request that found it just before can tell.
+        let mut g = lock_group(&entry);
+        if g.removed || g.member_count() > 0 {
+            return;
+        }
+        let mut map = self.map();
+        if map.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
             map.remove(&key);
+            g.removed = true;
         }
     }
 

@@ -276,17 +276,54 @@ fn latest_is_anchored_at_the_first_grant_so_a_parents_tail_comes_before_its_chil
         .unwrap();
     let lease = b.heartbeat("g", "s", &m2, &[]).unwrap()[0];
     assert_eq!((lease.partition, lease.start_offset), (0, 10));
+    // Records keep arriving in the children meanwhile: the group must read them from the
+    // children's start, not from their ends, once the parent is done.
+    let more: Vec<PutRecord> = (0..30)
+        .map(|i| PutRecord::new(format!("k{i}"), "child"))
+        .collect();
+    b.put("s", &more).unwrap();
     b.commit_lease("g", "s", &m2, 0, lease.epoch, 60).unwrap();
-    let mut children: Vec<u32> = b
+    let mut children: Vec<(u32, u64)> = b
         .heartbeat("g", "s", &m2, &[])
         .unwrap()
         .iter()
-        .map(|l| l.partition)
+        .map(|l| (l.partition, l.start_offset))
         .collect();
     children.sort_unstable();
     assert_eq!(
         children,
-        vec![1, 2],
-        "children once the parent is read to its end"
+        vec![(1, 0), (2, 0)],
+        "children once the parent is read to its end, from their first record"
+    );
+}
+
+#[test]
+fn a_join_that_cannot_store_its_position_leaves_no_member_behind() {
+    use sluice_log::io::sim::SimFs;
+    let fs = SimFs::new();
+    let b = Broker::open_with_fs(Arc::new(fs.clone()), "/data", BrokerOptions::default()).unwrap();
+    one_partition(&b, "s");
+    b.put("s", &[PutRecord::new("k", "v")]).unwrap();
+    fs.fail_writes(std::io::ErrorKind::StorageFull, false);
+    assert!(
+        b.join_group("g", "s", "m", SESSION, InitialPosition::Latest)
+            .is_err(),
+        "the anchor of the first lease cannot be written"
+    );
+    fs.clear_write_error();
+    assert!(matches!(
+        b.describe_group("g", "s"),
+        Err(Error::GroupNotFound { .. })
+    ));
+    let m = b
+        .join_group("g", "s", "m", SESSION, InitialPosition::Latest)
+        .unwrap();
+    let d = b.describe_group("g", "s").unwrap();
+    assert_eq!(d.members.len(), 1);
+    assert_eq!(d.members[0].member_id, m);
+    assert_eq!(
+        d.partitions[0].checkpoint,
+        Some(1),
+        "the anchor was stored this time"
     );
 }

@@ -17,6 +17,7 @@ use crate::group::{
 };
 use crate::name;
 use sluice_log::ReadLimits;
+use tracing::warn;
 
 impl Broker {
     /// Milliseconds on the coordinator's monotonic clock.
@@ -54,29 +55,57 @@ impl Broker {
         if self.groups.total_members(now) >= MEMBERS_MAX {
             return Err(Error::TooManyMembers { max: MEMBERS_MAX });
         }
-        let g = self.groups.get_or_create(group, stream, uid, initial);
-        let mut g = lock_group(&g);
-        let snap = self.snapshot();
-        let s = snap.stream(stream)?;
-        g.check_stream(s.meta.uid);
-        self.rebalance(group, s, &mut g)?;
-        if g.member_count() >= GROUP_MEMBERS_MAX {
-            return Err(Error::TooManyMembers {
-                max: GROUP_MEMBERS_MAX,
-            });
+        let result = self.lock_or_create(group, stream, uid, initial, |g| {
+            let snap = self.snapshot();
+            let s = snap.stream(stream)?;
+            g.check_stream(s.meta.uid);
+            self.rebalance(group, s, g)?;
+            if g.member_count() >= GROUP_MEMBERS_MAX {
+                return Err(Error::TooManyMembers {
+                    max: GROUP_MEMBERS_MAX,
+                });
+            }
+            if g.member_count() == 0 {
+                g.set_initial(initial);
+            }
+            let id = self.groups.new_member_id();
+            g.add_member(
+                id.clone(),
+                member_name.to_owned(),
+                duration_ms(session_timeout),
+                self.now_ms(),
+            );
+            // A join that fails (say, the anchor of a new lease cannot be stored) leaves no
+            // member behind holding leases nobody will read.
+            if let Err(e) = self.rebalance(group, s, g) {
+                g.remove_member(&id);
+                return Err(e);
+            }
+            Ok(id)
+        });
+        if result.is_err() {
+            self.groups.remove_if_empty(group, stream);
         }
-        if g.member_count() == 0 {
-            g.set_initial(initial);
+        result
+    }
+
+    /// Runs `f` on the group's entry, made if need be, locked. An entry taken out of the map
+    /// between the lookup and the lock is looked up again.
+    pub(super) fn lock_or_create<T>(
+        &self,
+        group: &str,
+        stream: &str,
+        uid: u64,
+        initial: InitialPosition,
+        f: impl FnOnce(&mut Group) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            let g = self.groups.get_or_create(group, stream, uid, initial);
+            let mut g = lock_group(&g);
+            if !g.removed {
+                return f(&mut g);
+            }
         }
-        let id = self.groups.new_member_id();
-        g.add_member(
-            id.clone(),
-            member_name.to_owned(),
-            duration_ms(session_timeout),
-            self.now_ms(),
-        );
-        self.rebalance(group, s, &mut g)?;
-        Ok(id)
     }
 
     /// A member's heartbeat: keeps it alive, takes back the leases it `released` (as
@@ -145,6 +174,9 @@ impl Broker {
         let result = {
             let mut g = lock_group(&g);
             let snap = self.snapshot();
+            if g.removed {
+                return Err(Error::UnknownMember(member_id.to_owned()));
+            }
             match snap.stream(stream) {
                 Ok(s) => {
                     g.check_stream(s.meta.uid);
@@ -167,25 +199,27 @@ impl Broker {
     pub fn describe_group(&self, group: &str, stream: &str) -> Result<GroupDescription> {
         name::validate(group)?;
         self.snapshot().stream(stream)?;
-        let in_memory = match self.groups.get(group, stream) {
-            Some(g) => {
-                let mut g = lock_group(&g);
-                let snap = self.snapshot();
-                let s = snap.stream(stream)?;
-                g.check_stream(s.meta.uid);
-                let view = self.rebalance(group, s, &mut g)?;
-                (g.member_count() > 0).then(|| g.describe(group, stream, &view, self.now_ms()))
-            }
-            None => None,
-        };
+        // The group stays locked to the end, so its description and the lag read from the logs
+        // come from one view of the catalog.
+        let entry = self.groups.get(group, stream);
+        let mut locked = entry.as_ref().map(|g| lock_group(g));
         let snap = self.snapshot();
         let s = snap.stream(stream)?;
+        let in_memory = match locked.as_deref_mut() {
+            Some(g) if !g.removed => {
+                g.check_stream(s.meta.uid);
+                let view = self.rebalance(group, s, g)?;
+                (g.member_count() > 0).then(|| g.describe(group, stream, &view, self.now_ms()))
+            }
+            _ => None,
+        };
         let mut d = match in_memory {
             Some(d) => d,
             None => {
-                self.groups.remove_if_empty(group, stream);
                 let view = self.group_view(group, s)?;
                 if !view.iter().any(|p| p.checkpoint.is_some()) {
+                    drop(locked);
+                    self.groups.remove_if_empty(group, stream);
                     return Err(Error::GroupNotFound {
                         group: group.to_owned(),
                         stream: stream.to_owned(),
@@ -218,6 +252,11 @@ impl Broker {
                 p.lag_ms = b.timestamp_ms.saturating_sub(a.timestamp_ms);
             }
         }
+        let empty = d.members.is_empty();
+        drop(locked);
+        if empty {
+            self.groups.remove_if_empty(group, stream);
+        }
         Ok(d)
     }
 
@@ -237,11 +276,17 @@ impl Broker {
             };
             let members = {
                 let mut g = lock_group(&g);
+                if g.removed {
+                    continue;
+                }
                 let snap = self.snapshot();
                 match snap.streams.get(&stream) {
                     Some(s) => {
                         g.check_stream(s.meta.uid);
-                        self.rebalance(&group, s, &mut g)?;
+                        // One group whose anchors cannot be stored now does not hide the rest.
+                        if let Err(e) = self.rebalance(&group, s, &mut g) {
+                            warn!(group = %group, stream = %stream, error = %e, "could not bring a group up to date for the listing");
+                        }
                     }
                     // The stream is gone; so is the group.
                     None => {
@@ -294,11 +339,11 @@ impl Broker {
     }
 
     /// Rebalances a locked group against the stream `s` (taken after the lock) and stores the
-    /// positions it anchored for `latest` as checkpoints. Returns the view it used.
+    /// positions it anchored as checkpoints. Returns the view it used.
     fn rebalance(&self, group: &str, s: &Stream, g: &mut Group) -> Result<Vec<PartitionView>> {
         let view = self.group_view(group, s)?;
         g.rebalance(&view, self.now_ms());
-        let anchors = g.take_anchors();
+        let anchors = g.anchors_to_store(&view);
         if anchors.is_empty() {
             return Ok(view);
         }
@@ -320,7 +365,13 @@ impl Broker {
                 open: meta.closed_end.is_none(),
                 parents: meta.parents.clone(),
                 start_offset: p.log.start_offset(),
-                end_offset: s.end_offset(id, p),
+                // Only what is acknowledged (durable under `always`): a position anchored past it
+                // could point beyond what a crash leaves, and records written after recovery
+                // would then be skipped.
+                end_offset: match meta.closed_end {
+                    Some(end) => end,
+                    None => p.log.readable_end(),
+                },
                 checkpoint: checkpoints.get(&(s.meta.uid, id)).copied(),
             });
         }
