@@ -167,6 +167,10 @@ pub(crate) struct PartitionView {
     pub start_offset: u64,
     pub end_offset: u64,
     pub checkpoint: Option<u64>,
+    /// A partition retention removed from the catalog that the group has a checkpoint for:
+    /// kept in the view only so that its children know the group read it (see `positions`).
+    /// It is finished, and never leased or described.
+    pub retired: bool,
 }
 
 #[derive(Debug)]
@@ -221,7 +225,8 @@ pub(crate) struct Group {
 /// kept resumes there). Under `latest`, a partition whose parent the group has read (or would
 /// read, through its own parents) starts at its oldest record, not its end, as the KCL starts
 /// children at the trim horizon: its records came after the parent's, and the group follows
-/// the keys across the reshard. A parent no longer in the view counts as read.
+/// the keys across the reshard. A parent removed by retention counts as read if the group has
+/// a checkpoint for it (the view carries it as `retired`), and as not read otherwise.
 fn positions(
     initial: InitialPosition,
     anchors: &BTreeMap<u32, u64>,
@@ -237,7 +242,7 @@ fn positions(
         let from_parent = p
             .parents
             .iter()
-            .any(|q| followed.get(q).copied().unwrap_or(true));
+            .any(|q| followed.get(q).copied().unwrap_or(false));
         let known = p.checkpoint.or_else(|| anchors.get(&p.id).copied());
         followed.insert(
             p.id,
@@ -274,7 +279,7 @@ impl Eligibility {
         let is_finished = |id: &u32| finished.get(id).copied().unwrap_or(true);
         let ready = view
             .iter()
-            .filter(|p| !is_finished(&p.id) && p.parents.iter().all(is_finished))
+            .filter(|p| !p.retired && !is_finished(&p.id) && p.parents.iter().all(is_finished))
             .map(|p| p.id)
             .collect();
         Self {
@@ -571,6 +576,7 @@ impl Group {
             .collect();
         let partitions = view
             .iter()
+            .filter(|p| !p.retired)
             .map(|p| {
                 let lease = self.leases.get(&p.id);
                 let state = eligibility.state(p).unwrap_or(match lease {
@@ -724,6 +730,7 @@ mod tests {
             start_offset: 0,
             end_offset: 100,
             checkpoint: None,
+            retired: false,
         }
     }
 
@@ -879,6 +886,38 @@ mod tests {
         g.add_member("a".into(), String::new(), 1000, 0);
         g.rebalance(&view, 0);
         assert_eq!(g.leases_of("a").len(), 1);
+    }
+
+    #[test]
+    fn under_latest_a_child_follows_a_parent_retention_removed_only_if_the_group_read_it() {
+        let child = PartitionView {
+            parents: vec![7],
+            start_offset: 5,
+            end_offset: 90,
+            ..open(8)
+        };
+        // Never read by this group: a new `latest` group starts the child at its end.
+        let mut g = Group::new(1, InitialPosition::Latest);
+        g.add_member("a".into(), String::new(), 1000, 0);
+        g.rebalance(std::slice::from_ref(&child), 0);
+        assert_eq!(g.leases_of("a")[0].start_offset, 90);
+        // Read by this group before retention removed it: the child is read from its start.
+        let retired = PartitionView {
+            open: false,
+            start_offset: 40,
+            end_offset: 40,
+            checkpoint: Some(40),
+            retired: true,
+            ..open(7)
+        };
+        let mut g = Group::new(1, InitialPosition::Latest);
+        g.add_member("a".into(), String::new(), 1000, 0);
+        g.rebalance(&[retired.clone(), child.clone()], 0);
+        let leases = g.leases_of("a");
+        assert_eq!(leases.len(), 1, "the retired parent is never leased");
+        assert_eq!((leases[0].partition, leases[0].start_offset), (8, 5));
+        let d = g.describe("g", "s", &[retired, child], 0);
+        assert_eq!(d.partitions.len(), 1, "nor described");
     }
 
     #[test]

@@ -687,6 +687,11 @@ impl Shared {
             };
             let slot = {
                 let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                // Another waiter's fsync may have covered us since we looked: then our records
+                // are durable, whatever failed after.
+                if self.durable_end.load(Ordering::Acquire) >= target {
+                    return Ok(());
+                }
                 // A slot's fsync may have failed since we looked (it poisons the log before it
                 // frees the slot): never fsync a descriptor again after an error on it.
                 self.check_writable()?;

@@ -199,27 +199,35 @@ impl Broker {
     pub fn describe_group(&self, group: &str, stream: &str) -> Result<GroupDescription> {
         name::validate(group)?;
         self.snapshot().stream(stream)?;
-        // The group stays locked to the end, so its description and the lag read from the logs
-        // come from one view of the catalog.
-        let entry = self.groups.get(group, stream);
-        let mut locked = entry.as_ref().map(|g| lock_group(g));
-        let snap = self.snapshot();
-        let s = snap.stream(stream)?;
-        let in_memory = match locked.as_deref_mut() {
-            Some(g) if !g.removed => {
-                g.check_stream(s.meta.uid);
-                let view = self.rebalance(group, s, g)?;
-                (g.member_count() > 0).then(|| g.describe(group, stream, &view, self.now_ms()))
+        // One view of the catalog, taken under the group's lock, serves the description and the
+        // lag read afterwards; the lock itself is let go before the logs are read, so a slow
+        // read never holds up the members' heartbeats.
+        let (snap, in_memory) = loop {
+            let entry = self.groups.get(group, stream);
+            let mut locked = entry.as_ref().map(|g| lock_group(g));
+            if locked.as_ref().is_some_and(|g| g.removed) {
+                // Taken out of the map just now: a join may already have made a new entry.
+                continue;
             }
-            _ => None,
+            let snap = self.snapshot();
+            let s = snap.stream(stream)?;
+            let in_memory = match locked.as_deref_mut() {
+                Some(g) => {
+                    g.check_stream(s.meta.uid);
+                    let view = self.rebalance(group, s, g)?;
+                    (g.member_count() > 0).then(|| g.describe(group, stream, &view, self.now_ms()))
+                }
+                None => None,
+            };
+            break (snap, in_memory);
         };
+        let s = snap.stream(stream)?;
         let mut d = match in_memory {
             Some(d) => d,
             None => {
+                self.groups.remove_if_empty(group, stream);
                 let view = self.group_view(group, s)?;
-                if !view.iter().any(|p| p.checkpoint.is_some()) {
-                    drop(locked);
-                    self.groups.remove_if_empty(group, stream);
+                if !view.iter().any(|p| p.checkpoint.is_some() && !p.retired) {
                     return Err(Error::GroupNotFound {
                         group: group.to_owned(),
                         stream: stream.to_owned(),
@@ -251,11 +259,6 @@ impl Broker {
             if let (Some(a), Some(b)) = (first.first(), newest.first()) {
                 p.lag_ms = b.timestamp_ms.saturating_sub(a.timestamp_ms);
             }
-        }
-        let empty = d.members.is_empty();
-        drop(locked);
-        if empty {
-            self.groups.remove_if_empty(group, stream);
         }
         Ok(d)
     }
@@ -373,7 +376,23 @@ impl Broker {
                     None => p.log.readable_end(),
                 },
                 checkpoint: checkpoints.get(&(s.meta.uid, id)).copied(),
+                retired: false,
             });
+        }
+        // Partitions retention removed whose parents the group read: their children must know
+        // the group followed them (under `latest` they start at their first record).
+        for (&(uid, id), &offset) in &checkpoints {
+            if uid == s.meta.uid && !s.meta.partitions.contains_key(&id) {
+                view.push(PartitionView {
+                    id,
+                    open: false,
+                    parents: Vec::new(),
+                    start_offset: offset,
+                    end_offset: offset,
+                    checkpoint: Some(offset),
+                    retired: true,
+                });
+            }
         }
         Ok(view)
     }
