@@ -104,42 +104,28 @@ fn eight_appenders_share_fsyncs_and_lose_nothing() {
     );
 }
 
-/// A file system whose fdatasyncs take a while and that records, for every descriptor, how many
-/// fsyncs run on it at once, and how many run on the log's segments at once overall.
-#[derive(Debug)]
-struct SlowSyncFs {
-    inner: sluice_log::io::sim::SimFs,
-    now: Arc<std::sync::Mutex<SyncCounts>>,
-}
-
+/// How many fsyncs run at once, per descriptor and overall.
 #[derive(Debug, Default)]
 struct SyncCounts {
-    /// Fsyncs running, by descriptor.
     per_handle: std::collections::HashMap<usize, usize>,
     running: usize,
     most_at_once: usize,
     most_on_one_handle: usize,
 }
 
-#[derive(Debug)]
-struct SlowFile {
-    inner: Arc<dyn sluice_log::io::FileHandle>,
-    id: usize,
-    now: Arc<std::sync::Mutex<SyncCounts>>,
-}
-
-impl sluice_log::io::FileHandle for SlowFile {
-    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, position)
-    }
-    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, position)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
+/// Two fsyncs overlap, so appends that land during one do not wait for it to end before
+/// theirs starts; but never two on one descriptor, where the kernel would report a writeback
+/// error to only one of them. Rolls (which fsync the segment they seal) happen throughout.
+#[test]
+fn group_commit_overlaps_two_fsyncs_never_on_one_descriptor() {
+    let counts = Arc::new(std::sync::Mutex::new(SyncCounts::default()));
+    let seen = Arc::clone(&counts);
+    // Every fsync takes a while, so appends pile up behind it and the next can overlap.
+    let fs = Arc::new(SyncHookFs::new(move |id, sync| {
         {
-            let mut c = self.now.lock().unwrap();
+            let mut c = seen.lock().unwrap();
             let on_this = {
-                let n = c.per_handle.entry(self.id).or_default();
+                let n = c.per_handle.entry(id).or_default();
                 *n += 1;
                 *n
             };
@@ -148,72 +134,12 @@ impl sluice_log::io::FileHandle for SlowFile {
             c.most_on_one_handle = c.most_on_one_handle.max(on_this);
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let result = self.inner.sync_data();
-        let mut c = self.now.lock().unwrap();
+        let result = sync();
+        let mut c = seen.lock().unwrap();
         c.running -= 1;
-        *c.per_handle.entry(self.id).or_default() -= 1;
+        *c.per_handle.entry(id).or_default() -= 1;
         result
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-impl sluice_log::io::FileSystem for SlowSyncFs {
-    fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn list_dir(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-        self.inner.list_dir(dir)
-    }
-    fn open(
-        &self,
-        path: &std::path::Path,
-        mode: sluice_log::io::OpenMode,
-    ) -> std::io::Result<Arc<dyn sluice_log::io::FileHandle>> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let inner = self.inner.open(path, mode)?;
-        Ok(Arc::new(SlowFile {
-            inner,
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            now: Arc::clone(&self.now),
-        }))
-    }
-    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.inner.remove_dir_all(dir)
-    }
-    fn list_subdirs(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
-        self.inner.list_subdirs(dir)
-    }
-    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn exists(&self, path: &std::path::Path) -> std::io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn map_readonly(&self, path: &std::path::Path) -> std::io::Result<sluice_log::io::MappedBytes> {
-        self.inner.map_readonly(path)
-    }
-}
-
-/// Two fsyncs overlap, so appends that land during one do not wait for it to end before
-/// theirs starts; but never two on one descriptor, where the kernel would report a writeback
-/// error to only one of them. Rolls (which fsync the segment they seal) happen throughout.
-#[test]
-fn group_commit_overlaps_two_fsyncs_never_on_one_descriptor() {
-    let fs = Arc::new(SlowSyncFs {
-        inner: sluice_log::io::sim::SimFs::new(),
-        now: Arc::default(),
-    });
+    }));
     let log = Arc::new(
         Log::open_with_fs(
             fs.clone(),
@@ -239,7 +165,7 @@ fn group_commit_overlaps_two_fsyncs_never_on_one_descriptor() {
     for w in writers {
         w.join().unwrap();
     }
-    let counts = fs.now.lock().unwrap();
+    let counts = counts.lock().unwrap();
     assert_eq!(
         counts.most_on_one_handle, 1,
         "two fsyncs shared a descriptor"

@@ -147,103 +147,29 @@ fn never_policy_does_not_sync_on_append() {
     assert_eq!(fs.sync_data_calls(), before + 1);
 }
 
-/// A file system whose next fsync, once armed, waits for the test to let it go and then fails,
-/// while every later fsync succeeds: as the kernel reports a writeback error once per open file
-/// description, a second fsync on the same descriptor would "succeed" over the lost pages.
-#[derive(Debug)]
-struct OnceFailingFs {
-    inner: SimFs,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
-    release: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
-}
-
-#[derive(Debug)]
-struct OnceFailingFile {
-    inner: std::sync::Arc<dyn sluice_log::io::FileHandle>,
-    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    entered: std::sync::mpsc::Sender<()>,
-    release: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
-}
-
-impl sluice_log::io::FileHandle for OnceFailingFile {
-    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
-        self.inner.read_exact_at(buf, position)
-    }
-    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
-        self.inner.write_all_at(buf, position)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.entered.send(()).unwrap();
-            self.release.lock().unwrap().recv().unwrap();
-            return Err(std::io::Error::other("EIO on writeback"));
-        }
-        self.inner.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
-impl sluice_log::io::FileSystem for OnceFailingFs {
-    fn create_dir_all(&self, d: &std::path::Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(d)
-    }
-    fn list_dir(&self, d: &std::path::Path) -> std::io::Result<Vec<String>> {
-        self.inner.list_dir(d)
-    }
-    fn open(
-        &self,
-        p: &std::path::Path,
-        m: sluice_log::io::OpenMode,
-    ) -> std::io::Result<std::sync::Arc<dyn sluice_log::io::FileHandle>> {
-        Ok(std::sync::Arc::new(OnceFailingFile {
-            inner: self.inner.open(p, m)?,
-            armed: self.armed.clone(),
-            entered: self.entered.lock().unwrap().clone(),
-            release: self.release.clone(),
-        }))
-    }
-    fn remove_file(&self, p: &std::path::Path) -> std::io::Result<()> {
-        self.inner.remove_file(p)
-    }
-    fn remove_dir_all(&self, d: &std::path::Path) -> std::io::Result<()> {
-        self.inner.remove_dir_all(d)
-    }
-    fn list_subdirs(&self, d: &std::path::Path) -> std::io::Result<Vec<String>> {
-        self.inner.list_subdirs(d)
-    }
-    fn rename(&self, a: &std::path::Path, b: &std::path::Path) -> std::io::Result<()> {
-        self.inner.rename(a, b)
-    }
-    fn sync_dir(&self, d: &std::path::Path) -> std::io::Result<()> {
-        self.inner.sync_dir(d)
-    }
-    fn exists(&self, p: &std::path::Path) -> std::io::Result<bool> {
-        self.inner.exists(p)
-    }
-    fn map_readonly(&self, p: &std::path::Path) -> std::io::Result<sluice_log::io::MappedBytes> {
-        self.inner.map_readonly(p)
-    }
-}
-
 /// A segment roll that waited for a group-commit fsync which then failed must not fsync the
 /// same descriptor and call the lost records durable: the log is poisoned, nothing of the
 /// failed fsync is acknowledged or readable, and the rolling write fails too.
 #[test]
 fn a_roll_waiting_on_a_failed_fsync_acknowledges_nothing() {
     let (entered_tx, entered) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let fs = std::sync::Arc::new(OnceFailingFs {
-        inner: SimFs::new(),
-        armed: Default::default(),
-        entered: std::sync::Mutex::new(entered_tx),
-        release: std::sync::Arc::new(std::sync::Mutex::new(release_rx)),
-    });
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (entered_tx, release_rx) = (
+        std::sync::Mutex::new(entered_tx),
+        std::sync::Mutex::new(release_rx),
+    );
+    let trigger = std::sync::Arc::clone(&armed);
+    // Once armed, the next fsync waits for the test to let it go and then fails; every later
+    // one succeeds, as the kernel reports a writeback error once per open file description.
+    let fs = std::sync::Arc::new(SyncHookFs::new(move |_, sync| {
+        if trigger.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+            return Err(std::io::Error::other("EIO on writeback"));
+        }
+        sync()
+    }));
     let log = std::sync::Arc::new(
         sluice_log::Log::open_with_fs(
             fs.clone(),
@@ -255,7 +181,7 @@ fn a_roll_waiting_on_a_failed_fsync_acknowledges_nothing() {
         .unwrap(),
     );
     let a = log.write(&[Record::new("a", vec![0u8; 3000])]).unwrap();
-    fs.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let acking = {
         let log = log.clone();
         std::thread::spawn(move || log.acknowledge(a))

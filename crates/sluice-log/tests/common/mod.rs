@@ -81,3 +81,111 @@ pub fn segment_files(fs: &SimFs, dir: &Path, suffix: &str) -> Vec<PathBuf> {
         .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|e| e == suffix))
         .collect()
 }
+
+/// What a [`SyncHookFs`] does on each `fdatasync`: given the descriptor's id (one per `open`)
+/// and the real fsync, it decides when to run it, or fails instead.
+pub type SyncHook =
+    dyn Fn(usize, &dyn Fn() -> std::io::Result<()>) -> std::io::Result<()> + Send + Sync;
+
+/// The simulated file system with every `fdatasync` going through a hook, for tests that need
+/// to slow fsyncs down, watch them overlap, or fail one at a chosen moment.
+#[derive(Clone)]
+pub struct SyncHookFs {
+    pub inner: SimFs,
+    hook: Arc<SyncHook>,
+    next_id: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for SyncHookFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHookFs").finish_non_exhaustive()
+    }
+}
+
+impl SyncHookFs {
+    pub fn new(
+        hook: impl Fn(usize, &dyn Fn() -> std::io::Result<()>) -> std::io::Result<()>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            inner: SimFs::new(),
+            hook: Arc::new(hook),
+            next_id: Arc::default(),
+        }
+    }
+}
+
+struct HookedFile {
+    inner: Arc<dyn sluice_log::io::FileHandle>,
+    id: usize,
+    hook: Arc<SyncHook>,
+}
+
+impl std::fmt::Debug for HookedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedFile")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl sluice_log::io::FileHandle for HookedFile {
+    fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
+        self.inner.read_exact_at(buf, position)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
+        self.inner.write_all_at(buf, position)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        (self.hook)(self.id, &|| self.inner.sync_data())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl sluice_log::io::FileSystem for SyncHookFs {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+    fn open(
+        &self,
+        path: &Path,
+        mode: sluice_log::io::OpenMode,
+    ) -> std::io::Result<Arc<dyn sluice_log::io::FileHandle>> {
+        Ok(Arc::new(HookedFile {
+            inner: self.inner.open(path, mode)?,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            hook: Arc::clone(&self.hook),
+        }))
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.remove_dir_all(dir)
+    }
+    fn list_subdirs(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list_subdirs(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn map_readonly(&self, path: &Path) -> std::io::Result<sluice_log::io::MappedBytes> {
+        self.inner.map_readonly(path)
+    }
+}
