@@ -1,11 +1,20 @@
 //! One client connection: framing, the handshake, request limits, ordered puts, and responses.
 //!
 //! The reader decodes frames and hands each request to a task; a writer task sends the answers as
-//! they complete, matched by correlation id (so a slow read never holds up a fast put). Puts take
-//! a separate, ordered lane: they are written one after another in arrival order, and only their
-//! acknowledgements (the fsync waits) overlap, so a client that pipelines puts for a key keeps
-//! their order. At most `max_in_flight_per_connection` requests run at once; past that the reader
-//! stops reading, which pushes back on the client through TCP.
+//! they complete, matched by correlation id (so a slow read never holds up a fast put). Puts are
+//! different: the reader writes each one itself, in arrival order, before it reads the next
+//! frame, and only their acknowledgements (the fsync waits) overlap, so a client that pipelines
+//! puts for a key keeps their order. At most `max_in_flight_per_connection` requests run at
+//! once; past that the reader stops reading, which pushes back on the client through TCP.
+//!
+//! A put's write is a copy into the page cache under its partition's lock, which takes less time
+//! than handing it to the blocking pool and back: sending it there cost a third of the
+//! throughput under `fsync=never` (two thread wake-ups per put). What can block for long stays
+//! off the runtime's threads: the fsync waits of `fsync=always` run on the blocking pool. The
+//! write itself blocks the reader's thread only as long as the kernel takes to accept it, which
+//! is longer in two cases: a segment roll (an fsync of the sealed segment, every
+//! `segment_bytes_max`), and the kernel throttling a writer that is far ahead of the disk (only
+//! under `fsync=never` or `interval`, where dirty pages can pile up).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,14 +164,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-struct PendingPut {
-    id: u64,
-    stream: String,
-    records: Vec<sluice_protocol::message::PutRecord>,
-    started: Instant,
-    permit: OwnedSemaphorePermit,
-    budget: OwnedSemaphorePermit,
-}
 
 /// Serves one connection until the client leaves, the framing breaks, or the server shuts down.
 pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
@@ -186,36 +187,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         }
         let _ = wr.shutdown().await;
     }));
-
-    // The put lane: writes puts in arrival order, then lets their acknowledgements overlap.
-    let (put_tx, mut put_rx) =
-        mpsc::channel::<PendingPut>(shared.config.max_in_flight_per_connection);
-    let mut lane = {
-        let shared = Arc::clone(&shared);
-        let out_tx = out_tx.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let mut acks = tokio::task::JoinSet::new();
-            while let Some(p) = put_rx.recv().await {
-                let submitted = handler::submit_put(&shared, p.stream, p.records).await;
-                let shared = Arc::clone(&shared);
-                let out_tx = out_tx.clone();
-                acks.spawn(async move {
-                    let answer = match submitted {
-                        Ok((stream, sub, count, bytes)) => {
-                            handler::finish_put(&shared, stream, sub, count, bytes, p.started).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let _ = out_tx
-                        .send(encode_answer(Kind::Put as u16, p.id, answer).holding(p.budget))
-                        .await;
-                    drop(p.permit);
-                });
-                while acks.try_join_next().is_some() {}
-            }
-            while acks.join_next().await.is_some() {}
-        }))
-    };
 
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut shutdown = shared.shutdown_rx();
@@ -323,16 +294,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 let _ = out_tx.send(encode_answer(kind, id, answer)).await;
             }
             Request::Put { stream, records } => {
-                let pending = PendingPut {
-                    id,
-                    stream,
-                    records,
-                    started: Instant::now(),
-                    permit,
-                    budget,
-                };
-                if put_tx.send(pending).await.is_err() {
-                    break;
+                // Written here, in arrival order, before the next frame is read: see the module
+                // docs for why the write does not go to the blocking pool.
+                let started = Instant::now();
+                match handler::submit_put(&shared, stream, records) {
+                    Ok(put) if put.is_acknowledged() => {
+                        let answer = handler::finish_put(&shared, put, started).await;
+                        let _ = out_tx
+                            .send(encode_answer(kind, id, answer).holding(budget))
+                            .await;
+                        drop(permit);
+                    }
+                    Ok(put) => {
+                        // Only the fsync wait is left: it overlaps with the puts that follow.
+                        let shared = Arc::clone(&shared);
+                        let out_tx = out_tx.clone();
+                        requests.spawn(async move {
+                            let answer = handler::finish_put(&shared, put, started).await;
+                            let _ = out_tx
+                                .send(encode_answer(kind, id, answer).holding(budget))
+                                .await;
+                            drop(permit);
+                        });
+                        while requests.try_join_next().is_some() {}
+                    }
+                    Err(e) => {
+                        let _ = out_tx
+                            .send(encode_answer(kind, id, Err(e)).holding(budget))
+                            .await;
+                        drop(permit);
+                    }
                 }
             }
             other => {
@@ -350,8 +341,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         }
     }
     // Finish what was taken: every request read is answered before the connection closes.
-    drop(put_tx);
-    let _ = (&mut lane.0).await;
     while requests.join_next().await.is_some() {}
     drop(out_tx);
     let _ = (&mut writer.0).await;

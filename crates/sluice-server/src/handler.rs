@@ -1,5 +1,6 @@
 //! Executes requests against the broker. Broker calls block (disk I/O, fsync), so each runs on
 //! tokio's blocking pool; a dropped request future does not cancel a write already handed there.
+//! A put's write is the exception: the connection's reader runs it itself (see `connection.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -241,43 +242,61 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
     }
 }
 
-/// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
-/// its acknowledgement.
-pub(crate) async fn submit_put(
-    shared: &Arc<Shared>,
-    stream: String,
-    records: Vec<PutRecord>,
-) -> Result<(String, SubmittedPut, u64, u64), ErrorResponse> {
-    let b = Arc::clone(&shared.broker);
-    blocking(move || {
-        let records: Vec<BrokerRecord> = records
-            .into_iter()
-            .map(|r| BrokerRecord {
-                partition_key: r.partition_key,
-                explicit_hash_key: r.explicit_hash_key,
-                value: r.value,
-            })
-            .collect();
-        let bytes: u64 = records
-            .iter()
-            .map(|r| (r.partition_key.len() + r.value.len()) as u64)
-            .sum();
-        let count = records.len() as u64;
-        let submitted = b.submit_put(&stream, &records)?;
-        Ok((stream, submitted, count, bytes))
-    })
-    .await
-}
-
-/// Waits for a submitted put's acknowledgement, then wakes the long polls of its partitions.
-pub(crate) async fn finish_put(
-    shared: &Arc<Shared>,
+/// A put that is written and waits for its acknowledgement (its fsync under `fsync=always`).
+pub(crate) struct WrittenPut {
     stream: String,
     submitted: SubmittedPut,
-    count: u64,
+    records: u64,
     bytes: u64,
-    started: Instant,
-) -> Answer {
+}
+
+impl WrittenPut {
+    /// Whether it is acknowledged already, so that [`finish_put`] would not wait.
+    pub(crate) fn is_acknowledged(&self) -> bool {
+        self.submitted.is_acknowledged()
+    }
+}
+
+/// Writes a put (validated, routed, in the connection's order) on the calling thread and returns
+/// a handle to wait for its acknowledgement. It blocks only as long as the page-cache writes do
+/// (see `connection.rs` on why that is not handed to the blocking pool).
+pub(crate) fn submit_put(
+    shared: &Shared,
+    stream: String,
+    records: Vec<PutRecord>,
+) -> Result<WrittenPut, ErrorResponse> {
+    let records: Vec<BrokerRecord> = records
+        .into_iter()
+        .map(|r| BrokerRecord {
+            partition_key: r.partition_key,
+            explicit_hash_key: r.explicit_hash_key,
+            value: r.value,
+        })
+        .collect();
+    let bytes: u64 = records
+        .iter()
+        .map(|r| (r.partition_key.len() + r.value.len()) as u64)
+        .sum();
+    let submitted = shared
+        .broker
+        .submit_put(&stream, &records)
+        .map_err(|e| to_wire(&e))?;
+    Ok(WrittenPut {
+        stream,
+        submitted,
+        records: records.len() as u64,
+        bytes,
+    })
+}
+
+/// Waits for a written put's acknowledgement, then wakes the long polls of its partitions.
+pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: Instant) -> Answer {
+    let WrittenPut {
+        stream,
+        submitted,
+        records: count,
+        bytes,
+    } = put;
     let (pending, acks) = submitted.into_parts();
     // Each partition's fsync wait runs on the blocking pool, whose threads are reused; none at
     // all when the records are already acknowledged (any policy but `always`, or an fsync that
