@@ -164,7 +164,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-
 /// Serves one connection until the client leaves, the framing breaks, or the server shuts down.
 pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let (mut rd, mut wr) = socket.into_split();
