@@ -237,6 +237,15 @@ impl Log {
         let mut batch =
             PreparedBatch::new(records.iter().map(|r| (r.key.as_ref(), r.value.as_ref())))
                 .map_err(|e| Error::InvalidAppend(format!("{e:?}")))?;
+        self.write_prepared(&mut batch)
+    }
+
+    /// [`Log::write`] for a batch that is already encoded, such as one a producer framed itself
+    /// ([`PreparedBatch::framed`]): the log fills in its header and writes its buffer as it is.
+    pub fn write_prepared<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        batch: &mut PreparedBatch<B>,
+    ) -> Result<Written> {
         let shared = &*self.shared;
         let (base, end) = {
             let mut st = shared.lock_state()?;

@@ -258,11 +258,37 @@ pub fn records_of(
 
 /// A batch whose records are encoded and checksummed but whose header (base offset and
 /// timestamps) is not yet filled in. Built outside the log's lock; finished under it.
+///
+/// It is built either here from records ([`PreparedBatch::new`]) or from a batch a producer
+/// framed itself ([`PreparedBatch::framed`]), whose buffer (`B`, any mutable byte buffer such as
+/// a slice of the request it came in) becomes the batch written to disk without a copy.
 #[derive(Debug)]
-pub struct PreparedBatch {
-    buf: Vec<u8>,
+pub struct PreparedBatch<B = Vec<u8>> {
+    buf: B,
     records_crc: crc32fast::Hasher,
     record_count: u32,
+}
+
+/// Why a producer-framed batch is refused (see [`PreparedBatch::framed`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramedError {
+    /// The header or the records do not follow the batch layout, or the records' CRC does not
+    /// match the one sent with them.
+    #[error("{0}")]
+    Layout(CorruptionKind),
+    /// The header's length is not the length of the bytes sent.
+    #[error("the batch header says {declared} bytes but the batch is {actual}")]
+    LengthMismatch {
+        /// `batch_len` in the header.
+        declared: u32,
+        /// Bytes in the buffer.
+        actual: usize,
+    },
+    /// The producer filled in a field the log owns.
+    #[error(
+        "the base offset, the timestamps and the CRC of a framed batch are set by the log and must be zero"
+    )]
+    ServerFieldsSet,
 }
 
 /// Why a set of records cannot form a batch.
@@ -293,7 +319,7 @@ pub fn encoded_len<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) 
         })
 }
 
-impl PreparedBatch {
+impl PreparedBatch<Vec<u8>> {
     /// Encodes records `(key, value)` that all share one timestamp (the usual case: the log
     /// stamps a batch with its arrival time).
     pub fn new<'a, I>(records: I) -> Result<Self, EncodeError>
@@ -338,6 +364,67 @@ impl PreparedBatch {
             record_count: count,
         })
     }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> PreparedBatch<B> {
+    /// Takes a batch a producer framed itself: the whole batch in this module's layout, with
+    /// the base offset, both timestamps and the CRC left zero (the log fills them in when it
+    /// writes the batch), every `offset_delta` equal to the record's index and every
+    /// `timestamp_delta` zero, plus `records_crc`, the CRC-32 of the bytes after the header.
+    ///
+    /// Everything is checked before the batch is accepted: the header, the records' layout, and
+    /// the records' CRC, computed here over the bytes as received. The records are then never
+    /// copied; [`PreparedBatch::finish`] writes the header into the same buffer.
+    pub fn framed(buf: B, records_crc: u32) -> Result<Self, FramedError> {
+        let bytes = buf.as_ref();
+        let header = BatchHeader::decode(bytes).map_err(FramedError::Layout)?;
+        if header.batch_len as usize != bytes.len() {
+            return Err(FramedError::LengthMismatch {
+                declared: header.batch_len,
+                actual: bytes.len(),
+            });
+        }
+        if header.crc != 0
+            || header.base_offset != 0
+            || header.first_timestamp_ms != 0
+            || header.max_timestamp_ms != 0
+        {
+            return Err(FramedError::ServerFieldsSet);
+        }
+        let records = bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(records);
+        let actual = crc.clone().finalize();
+        if actual != records_crc {
+            return Err(FramedError::Layout(CorruptionKind::ChecksumMismatch {
+                expected: records_crc,
+                actual,
+            }));
+        }
+        // With both timestamps zero, the walk also refuses any non-zero timestamp delta.
+        for_each_record(&header, bytes, |_| {}).map_err(FramedError::Layout)?;
+        Ok(Self {
+            record_count: header.record_count,
+            buf,
+            records_crc: crc,
+        })
+    }
+
+    /// Calls `f` with each record's key and value, in order.
+    pub fn for_each_record(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        let bytes = self.buf.as_ref();
+        // Only a framed batch has a header yet, and its layout was checked when it was built;
+        // a batch built by `new` walks the records from a header made for the purpose.
+        let header = BatchHeader::decode(bytes).unwrap_or(BatchHeader {
+            crc: 0,
+            batch_len: bytes.len() as u32,
+            record_count: self.record_count,
+            base_offset: 0,
+            first_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+        });
+        let _ = for_each_record(&header, bytes, |r| f(r.key, r.value));
+    }
 
     /// Number of records in the batch.
     pub fn record_count(&self) -> u32 {
@@ -346,7 +433,7 @@ impl PreparedBatch {
 
     /// Encoded size of the whole batch.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.as_ref().len()
     }
 
     /// Always false: a prepared batch holds at least one record.
@@ -357,7 +444,7 @@ impl PreparedBatch {
     /// Fills in the header for a base offset and a timestamp shared by every record, computes
     /// the CRC, and returns the finished header and the bytes to write.
     pub fn finish(&mut self, base_offset: u64, timestamp_ms: u64) -> (BatchHeader, &[u8]) {
-        let batch_len = self.buf.len() as u32;
+        let batch_len = self.len() as u32;
         let mut header = [0u8; BATCH_HEADER_LEN];
         header[LEN_OFFSET..MAGIC_OFFSET].copy_from_slice(&batch_len.to_le_bytes());
         header[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&BATCH_MAGIC);
@@ -371,7 +458,7 @@ impl PreparedBatch {
         crc.combine(&self.records_crc);
         let crc = crc.finalize();
         header[CRC_OFFSET..LEN_OFFSET].copy_from_slice(&crc.to_le_bytes());
-        if let Some(head) = self.buf.get_mut(..BATCH_HEADER_LEN) {
+        if let Some(head) = self.buf.as_mut().get_mut(..BATCH_HEADER_LEN) {
             head.copy_from_slice(&header);
         }
         let decoded = BatchHeader {
@@ -382,7 +469,7 @@ impl PreparedBatch {
             first_timestamp_ms: timestamp_ms,
             max_timestamp_ms: timestamp_ms,
         };
-        (decoded, &self.buf)
+        (decoded, self.buf.as_ref())
     }
 }
 
@@ -453,6 +540,118 @@ mod tests {
         assert_eq!(owned.len(), 50);
         assert_eq!(owned[3].key.as_ref(), b"key-3");
         assert_eq!(owned[3].value.as_ref(), &[3u8; 21][..]);
+    }
+
+    /// A batch as a producer frames it: the log's own encoding with the header's log-owned
+    /// fields zeroed, and the records' CRC.
+    fn framed_bytes(records: &[(&[u8], &[u8])]) -> (Vec<u8>, u32) {
+        let p = PreparedBatch::new(records.iter().copied()).unwrap();
+        let mut buf = p.buf.clone();
+        let len = buf.len() as u32;
+        buf[LEN_OFFSET..MAGIC_OFFSET].copy_from_slice(&len.to_le_bytes());
+        buf[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&BATCH_MAGIC);
+        buf[VERSION_OFFSET..COUNT_OFFSET].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf[COUNT_OFFSET..BASE_OFFSET_OFFSET].copy_from_slice(&p.record_count.to_le_bytes());
+        let crc = crc32fast::hash(&buf[BATCH_HEADER_LEN..]);
+        (buf, crc)
+    }
+
+    #[test]
+    fn a_framed_batch_finishes_to_the_same_bytes_as_one_built_here() {
+        let records: [(&[u8], &[u8]); 3] = [(b"k1", b"hello"), (b"k2", b""), (b"k3", b"xyz")];
+        let (buf, crc) = framed_bytes(&records);
+        let mut framed = PreparedBatch::framed(buf, crc).unwrap();
+        assert_eq!(framed.record_count(), 3);
+        let mut seen = Vec::new();
+        framed.for_each_record(|k, v| seen.push((k.to_vec(), v.to_vec())));
+        let expected: Vec<_> = records
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(seen, expected);
+        let (h1, b1) = framed.finish(41, 1_700_000_000_000);
+        let b1 = b1.to_vec();
+        assert_eq!(b1, encode(&records, 41, 1_700_000_000_000));
+        assert_eq!(decode(&b1).unwrap().0, h1);
+    }
+
+    #[test]
+    fn framed_batches_with_any_fault_are_refused() {
+        let records: [(&[u8], &[u8]); 2] = [(b"k1", b"hello"), (b"k2", b"world")];
+        let (good, crc) = framed_bytes(&records);
+        assert!(PreparedBatch::framed(good.clone(), crc).is_ok());
+
+        // A flipped bit in the records, or a CRC that does not match them.
+        let mut b = good.clone();
+        b[BATCH_HEADER_LEN + 20] ^= 1;
+        assert!(matches!(
+            PreparedBatch::framed(b, crc),
+            Err(FramedError::Layout(CorruptionKind::ChecksumMismatch { .. }))
+        ));
+        assert!(matches!(
+            PreparedBatch::framed(good.clone(), crc ^ 1),
+            Err(FramedError::Layout(CorruptionKind::ChecksumMismatch { .. }))
+        ));
+        // Fields the log owns, set by the producer.
+        for at in [
+            CRC_OFFSET,
+            BASE_OFFSET_OFFSET,
+            FIRST_TS_OFFSET,
+            MAX_TS_OFFSET,
+        ] {
+            let mut b = good.clone();
+            b[at] = 1;
+            if at == FIRST_TS_OFFSET {
+                b[MAX_TS_OFFSET] = 1;
+            }
+            assert_eq!(
+                PreparedBatch::framed(b, crc).unwrap_err(),
+                FramedError::ServerFieldsSet,
+                "field at {at}"
+            );
+        }
+        // A header length that is not the buffer's, either way.
+        let mut short = good.clone();
+        short.pop();
+        assert!(matches!(
+            PreparedBatch::framed(short, crc),
+            Err(FramedError::LengthMismatch { .. })
+        ));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(
+            PreparedBatch::framed(long, crc),
+            Err(FramedError::LengthMismatch { .. })
+        ));
+        // A bad magic, and a record count the records do not fill.
+        let mut b = good.clone();
+        b[MAGIC_OFFSET] = b'X';
+        assert!(matches!(
+            PreparedBatch::framed(b, crc),
+            Err(FramedError::Layout(CorruptionKind::BadMagic { .. }))
+        ));
+        let mut b = good.clone();
+        b[COUNT_OFFSET] = 3;
+        assert!(matches!(
+            PreparedBatch::framed(b, crc),
+            Err(FramedError::Layout(CorruptionKind::BadRecordLayout { .. }))
+        ));
+        // A record timestamp delta (the log stamps a batch with one arrival time), and an
+        // offset delta out of order, both under a CRC that matches.
+        for (at, what) in [(4usize, "timestamp"), (0, "offset")] {
+            let mut b = good.clone();
+            b[BATCH_HEADER_LEN + at] = 9;
+            let crc = crc32fast::hash(&b[BATCH_HEADER_LEN..]);
+            assert!(
+                matches!(
+                    PreparedBatch::framed(b, crc),
+                    Err(FramedError::Layout(
+                        CorruptionKind::BadTimestamp { .. } | CorruptionKind::BadOffsetDelta { .. }
+                    ))
+                ),
+                "{what} delta"
+            );
+        }
     }
 
     #[test]
