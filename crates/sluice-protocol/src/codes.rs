@@ -37,6 +37,9 @@ pub enum ErrorCode {
     TooManyRecords = 24,
     /// A put with more bytes than allowed.
     PutTooLarge = 25,
+    /// A producer-framed batch (`PutBatches`) whose layout is wrong or whose records do not
+    /// match the CRC sent with them; nothing of the request was written.
+    BadBatch = 26,
     /// The partition is closed by a reshard.
     PartitionClosed = 30,
     /// A split key outside the partition's range.
@@ -77,7 +80,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         Self::UnsupportedVersion,
         Self::MalformedRequest,
         Self::FrameTooLarge,
@@ -93,6 +96,7 @@ impl ErrorCode {
         Self::EmptyPut,
         Self::TooManyRecords,
         Self::PutTooLarge,
+        Self::BadBatch,
         Self::PartitionClosed,
         Self::InvalidSplitKey,
         Self::NotAdjacent,

@@ -6,6 +6,7 @@
 //! fixes the protocol version. `docs/protocol.md` describes every byte.
 //!
 //! # Layout
+//! - [`batch`]: batches a producer frames and routes itself, for `PutBatches`.
 //! - [`frame`]: the 16-byte header; the size limit checked before any allocation.
 //! - [`message`]: requests and responses, and their bodies.
 //! - [`codes`]: error codes with stable numbers.
@@ -29,6 +30,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod codes;
 pub mod error;
 pub mod frame;

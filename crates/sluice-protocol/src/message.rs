@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{BatchAck, FramedBatch};
 use crate::codes::ErrorCode;
 use crate::error::WireError;
 use crate::frame::{FLAG_ERROR, FLAG_RESPONSE, encode_frame};
@@ -61,10 +62,12 @@ pub enum Kind {
     DescribeGroup = 18,
     /// List consumer groups.
     ListGroups = 19,
+    /// Append batches the producer framed and routed itself (see [`crate::batch`]).
+    PutBatches = 20,
 }
 
 impl Kind {
-    const ALL: [Kind; 19] = [
+    const ALL: [Kind; 20] = [
         Kind::Hello,
         Kind::CreateStream,
         Kind::DeleteStream,
@@ -84,6 +87,7 @@ impl Kind {
         Kind::LeaveGroup,
         Kind::DescribeGroup,
         Kind::ListGroups,
+        Kind::PutBatches,
     ];
 
     /// The kind for a number.
@@ -459,6 +463,13 @@ pub enum Request {
         /// Records.
         records: Vec<PutRecord>,
     },
+    /// Append batches the producer framed and routed itself.
+    PutBatches {
+        /// Stream name.
+        stream: String,
+        /// One batch per partition (or several, written in order).
+        batches: Vec<FramedBatch>,
+    },
     /// Read records.
     Read(ReadRequest),
     /// Split a partition (at the middle when `at` is `None`).
@@ -540,6 +551,8 @@ pub enum Response {
     DescribeStream(StreamInfo),
     /// One acknowledgement per record, in request order.
     Put(Vec<PutAck>),
+    /// One acknowledgement per batch, in request order.
+    PutBatches(Vec<BatchAck>),
     /// Records.
     Read(ReadResponse),
     /// Children ids.
@@ -602,6 +615,7 @@ impl Request {
             Self::ListStreams => Kind::ListStreams,
             Self::DescribeStream { .. } => Kind::DescribeStream,
             Self::Put { .. } => Kind::Put,
+            Self::PutBatches { .. } => Kind::PutBatches,
             Self::Read(_) => Kind::Read,
             Self::Split { .. } => Kind::Split,
             Self::Merge { .. } => Kind::Merge,
@@ -640,6 +654,7 @@ impl Request {
             Self::LeaveGroup(m) => postcard_into(b, m),
             Self::DescribeGroup { group, stream } => postcard_into(b, &(group, stream)),
             Self::Put { stream, records } => encode_put_body(stream, records, b),
+            Self::PutBatches { stream, batches } => encode_put_batches_body(stream, batches, b),
             Self::Read(r) => {
                 put_str(b, &r.stream);
                 b.put_u32_le(r.partition);
@@ -672,6 +687,62 @@ impl Request {
             } => postcard_into(b, &(group, target, offset)),
             Self::FetchCheckpoint { group, target } => postcard_into(b, &(group, target)),
         }
+    }
+
+    /// [`Request::decode`] for a body the caller owns: a `PutBatches` request keeps its batches
+    /// where they are in `body` (mutable views of it, no copy), so a server can fill in their
+    /// headers in place and write them as they came.
+    pub fn decode_mut(kind: u16, mut body: BytesMut) -> Result<Self, WireError> {
+        if kind != Kind::PutBatches as u16 {
+            return Self::decode(kind, body.freeze());
+        }
+        fn take(body: &mut BytesMut, n: usize, field: &'static str) -> Result<BytesMut, WireError> {
+            if n > body.len() {
+                return Err(WireError::Truncated {
+                    field,
+                    need: n,
+                    have: body.len(),
+                });
+            }
+            Ok(body.split_to(n))
+        }
+        fn u32_of(body: &mut BytesMut, field: &'static str) -> Result<u32, WireError> {
+            let b = take(body, 4, field)?;
+            let b: [u8; 4] = b
+                .as_ref()
+                .try_into()
+                .map_err(|_| WireError::Invalid(field))?;
+            Ok(u32::from_le_bytes(b))
+        }
+        let name_len = take(&mut body, 2, "stream name")?;
+        let name_len: [u8; 2] = name_len
+            .as_ref()
+            .try_into()
+            .map_err(|_| WireError::Invalid("stream name"))?;
+        let name_len = usize::from(u16::from_le_bytes(name_len));
+        let name = take(&mut body, name_len, "stream name")?;
+        let stream =
+            String::from_utf8(name.to_vec()).map_err(|_| WireError::BadUtf8("stream name"))?;
+        let count = u32_of(&mut body, "batch count")? as usize;
+        if count > body.len() / 12 {
+            return Err(WireError::Invalid("batch count"));
+        }
+        let mut batches = Vec::with_capacity(count.min(PREALLOCATE_MAX));
+        for _ in 0..count {
+            let partition = u32_of(&mut body, "partition")?;
+            let records_crc = u32_of(&mut body, "records crc")?;
+            let len = u32_of(&mut body, "batch length")? as usize;
+            let batch = take(&mut body, len, "batch")?;
+            batches.push(FramedBatch {
+                partition,
+                records_crc,
+                batch,
+            });
+        }
+        if !body.is_empty() {
+            return Err(WireError::TrailingBytes(body.len()));
+        }
+        Ok(Self::PutBatches { stream, batches })
     }
 
     /// Decodes a request body of the given kind.
@@ -721,6 +792,29 @@ impl Request {
                     });
                 }
                 Self::Put { stream, records }
+            }
+            Kind::PutBatches => {
+                let stream = r.str("stream name")?;
+                let count = r.u32("batch count")? as usize;
+                // Each batch takes at least 12 bytes; a larger count than fits is a lie.
+                if count > r.remaining() / 12 {
+                    return Err(WireError::Invalid("batch count"));
+                }
+                let mut batches = Vec::with_capacity(count.min(PREALLOCATE_MAX));
+                for _ in 0..count {
+                    let partition = r.u32("partition")?;
+                    let records_crc = r.u32("records crc")?;
+                    let len = r.u32("batch length")? as usize;
+                    // The server decodes with `decode_mut`, which takes the bytes where they
+                    // are; here they are copied, once, to be mutable.
+                    let batch = BytesMut::from(r.take(len, "batch")?.as_ref());
+                    batches.push(FramedBatch {
+                        partition,
+                        records_crc,
+                        batch,
+                    });
+                }
+                Self::PutBatches { stream, batches }
             }
             Kind::Read => {
                 let stream = r.str("stream name")?;
@@ -796,6 +890,7 @@ impl Response {
             Self::ListStreams(_) => Kind::ListStreams,
             Self::DescribeStream(_) => Kind::DescribeStream,
             Self::Put(_) => Kind::Put,
+            Self::PutBatches(_) => Kind::PutBatches,
             Self::Read(_) => Kind::Read,
             Self::Split(_) => Kind::Split,
             Self::Merge(_) => Kind::Merge,
@@ -842,6 +937,15 @@ impl Response {
                 for a in acks {
                     b.put_u32_le(a.partition);
                     b.put_u64_le(a.offset);
+                }
+            }
+            Self::PutBatches(acks) => {
+                b.put_u32_le(u32::try_from(acks.len()).unwrap_or(u32::MAX));
+                for a in acks {
+                    b.put_u32_le(a.partition);
+                    b.put_u16_le(a.status);
+                    b.put_u32_le(a.record_count);
+                    b.put_u64_le(a.base_offset);
                 }
             }
             Self::Read(r) => {
@@ -901,6 +1005,22 @@ impl Response {
                     });
                 }
                 Self::Put(acks)
+            }
+            Kind::PutBatches => {
+                let count = r.u32("ack count")? as usize;
+                if count > r.remaining() / 18 {
+                    return Err(WireError::Invalid("ack count"));
+                }
+                let mut acks = Vec::with_capacity(count);
+                for _ in 0..count {
+                    acks.push(BatchAck {
+                        partition: r.u32("partition")?,
+                        status: r.u16("status")?,
+                        record_count: r.u32("record count")?,
+                        base_offset: r.u64("base offset")?,
+                    });
+                }
+                Self::PutBatches(acks)
             }
             Kind::Read => {
                 let start_offset = r.u64("start offset")?;
@@ -1022,6 +1142,20 @@ pub fn encode_put_body(stream: &str, records: &[PutRecord], b: &mut BytesMut) {
         b.put_slice(&r.partition_key);
         b.put_u32_le(u32::try_from(r.value.len()).unwrap_or(u32::MAX));
         b.put_slice(&r.value);
+    }
+}
+
+/// Appends the body of a `PutBatches` request to `b`, sized in one reservation. Exposed for the
+/// same reason as [`encode_put_body`].
+pub fn encode_put_batches_body(stream: &str, batches: &[FramedBatch], b: &mut BytesMut) {
+    b.reserve(2 + stream.len() + 4 + batches.iter().map(|x| 12 + x.batch.len()).sum::<usize>());
+    put_str(b, stream);
+    b.put_u32_le(u32::try_from(batches.len()).unwrap_or(u32::MAX));
+    for x in batches {
+        b.put_u32_le(x.partition);
+        b.put_u32_le(x.records_crc);
+        b.put_u32_le(u32::try_from(x.batch.len()).unwrap_or(u32::MAX));
+        b.put_slice(&x.batch);
     }
 }
 

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use sluice_protocol::ErrorCode;
+use sluice_protocol::batch::{BatchAck, FramedBatch};
 use sluice_protocol::error::WireError;
 use sluice_protocol::frame::{FLAG_ERROR, FLAG_RESPONSE, FrameHeader, HEADER_LEN};
 use sluice_protocol::message::{
@@ -403,7 +404,7 @@ fn the_error_code_table_on_the_page_is_complete_and_right() {
 #[test]
 fn the_kind_table_on_the_page_is_complete_and_right() {
     let on_page = doc_table("| kind | name | request body | response body |");
-    assert_eq!(on_page.len(), 19);
+    assert_eq!(on_page.len(), 20);
     for (n, name) in on_page {
         let kind = Kind::from_u16(n).unwrap();
         assert_eq!(kind as u16, n);
@@ -542,6 +543,21 @@ fn request() -> impl Strategy<Value = Request> {
         member_ref().prop_map(Request::LeaveGroup),
         (text(), text()).prop_map(|(group, stream)| Request::DescribeGroup { group, stream }),
         Just(Request::ListGroups),
+        (
+            text(),
+            proptest::collection::vec((any::<u32>(), any::<u32>(), blob(200)), 0..4)
+        )
+            .prop_map(|(stream, batches)| Request::PutBatches {
+                stream,
+                batches: batches
+                    .into_iter()
+                    .map(|(partition, records_crc, b)| FramedBatch {
+                        partition,
+                        records_crc,
+                        batch: BytesMut::from(b.as_ref()),
+                    })
+                    .collect(),
+            }),
     ]
 }
 
@@ -761,6 +777,18 @@ fn response() -> impl Strategy<Value = Response> {
             0..4
         )
         .prop_map(Response::ListGroups),
+        proptest::collection::vec(
+            (any::<u32>(), any::<u16>(), any::<u32>(), any::<u64>()).prop_map(
+                |(partition, status, record_count, base_offset)| BatchAck {
+                    partition,
+                    status,
+                    record_count,
+                    base_offset,
+                }
+            ),
+            0..6
+        )
+        .prop_map(Response::PutBatches),
     ]
 }
 
@@ -877,7 +905,7 @@ fn is_short_body_error(err: &WireError) -> bool {
     matches!(
         err,
         WireError::Truncated { .. }
-            | WireError::Invalid("record count" | "ack count")
+            | WireError::Invalid("record count" | "ack count" | "batch count")
             | WireError::Postcard(_)
     )
 }
@@ -1009,7 +1037,7 @@ fn read_position_tags_other_than_0_to_3_are_refused() {
 fn unknown_kinds_are_refused_by_both_decoders() {
     let body = Bytes::from(put_body());
     for kind in 0..=u16::MAX {
-        let known = (1..=19).contains(&kind);
+        let known = (1..=20).contains(&kind);
         assert_eq!(Kind::from_u16(kind).is_ok(), known, "kind {kind}");
         if !known {
             assert_eq!(
@@ -1223,6 +1251,11 @@ fn postcard_bodies_with_bad_tags_are_refused() {
 
 /// Decoding arbitrary bytes must never panic; whatever decodes must survive a round trip.
 fn decode_everything(kind: u16, body: &Bytes) -> Result<(), TestCaseError> {
+    // The server's zero-copy decoder agrees with the plain one on every input, errors included.
+    prop_assert_eq!(
+        Request::decode_mut(kind, BytesMut::from(body.as_ref())),
+        Request::decode(kind, body.clone())
+    );
     if let Ok(req) = Request::decode(kind, body.clone()) {
         let frame = encode_request(&req, 0);
         let again = Request::decode(kind, Bytes::copy_from_slice(&frame[HEADER_LEN..]));
@@ -1278,7 +1311,7 @@ proptest! {
                 body[i] = *byte;
             }
             let body = Bytes::from(body);
-            for kind in 0..=14 {
+            for kind in 0..=21 {
                 decode_everything(kind, &body)?;
                 decode_everything(kind, &body.slice(..cut.index(body.len())))?;
             }
