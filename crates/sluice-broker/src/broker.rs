@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_log::io::{FileSystem, StdFs};
-use sluice_log::{Log, LogOptions, ReadLimits, Record, RetentionPolicy, StoredRecord, Written};
+use sluice_log::{
+    Log, LogOptions, PreparedBatch, ReadLimits, Record, RetentionPolicy, StoredRecord, Written,
+};
 use tracing::{info, warn};
 
 use crate::catalog::{CATALOG_FILE, CATALOG_MAGIC, Catalog, PartitionMeta, StreamMeta};
@@ -652,6 +654,117 @@ impl Broker {
         })
     }
 
+    /// Writes batches a producer framed and routed itself (Kafka's way: the producer frames one
+    /// batch per partition), in order, and returns a handle to wait for their acknowledgement.
+    ///
+    /// Each batch is checked first ([`PreparedBatch::framed`]: layout, log-owned fields zero, the
+    /// records' CRC recomputed over the bytes given), and all of them together against the limits
+    /// of [`Broker::submit_put`]; a batch for a partition the stream does not have is refused.
+    /// Any of these refuses the whole request before anything is written. The keys are not
+    /// hashed: routing is the producer's part, and a key in a partition whose range does not
+    /// hold it is stored there as if it came with an explicit hash key.
+    ///
+    /// A batch for a partition that a reshard has closed is not written; its outcome says so,
+    /// and the producer routes its records again. Open partitions never change their range, so
+    /// that is the only way a producer's routing can go stale.
+    pub fn submit_batches<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        stream: &str,
+        batches: Vec<FramedPut<B>>,
+    ) -> Result<SubmittedBatches> {
+        let snap = self.snapshot();
+        let s = snap.stream(stream)?;
+        if batches.is_empty() {
+            return Err(Error::EmptyPut);
+        }
+        let mut prepared = Vec::with_capacity(batches.len());
+        for (index, b) in batches.into_iter().enumerate() {
+            let batch = PreparedBatch::framed(b.batch, b.records_crc)
+                .map_err(|reason| Error::BadBatch { index, reason })?;
+            let partition = Arc::clone(s.partition(b.partition)?);
+            prepared.push((b.partition, partition, batch));
+        }
+        self.check_batch_limits(s, prepared.iter().map(|(_, _, b)| b))?;
+        let mut writes = Vec::with_capacity(prepared.len());
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        for (id, p, mut batch) in prepared {
+            // Holding the read side of the gate while writing keeps a reshard from closing the
+            // partition between the check and the write.
+            let closed = p.closed.read().unwrap_or_else(PoisonError::into_inner);
+            let first_offset = if *closed {
+                None
+            } else {
+                let written = p.log.write_prepared(&mut batch)?;
+                drop(closed);
+                writes.push((p, written));
+                Some(written.first_offset)
+            };
+            outcomes.push(BatchOutcome {
+                partition: id,
+                record_count: batch.record_count(),
+                first_offset,
+            });
+        }
+        Ok(SubmittedBatches {
+            put: SubmittedPut {
+                writes,
+                acks: Vec::new(),
+            },
+            outcomes,
+        })
+    }
+
+    /// The limits of a put, over every record of a request's batches.
+    fn check_batch_limits<'a, B: AsRef<[u8]> + AsMut<[u8]> + 'a>(
+        &self,
+        s: &Stream,
+        batches: impl Iterator<Item = &'a PreparedBatch<B>> + Clone,
+    ) -> Result<()> {
+        let count: usize = batches.clone().map(|b| b.record_count() as usize).sum();
+        if count > self.options.put_records_max {
+            return Err(Error::TooManyRecords {
+                count,
+                max: self.options.put_records_max,
+            });
+        }
+        let record_max = usize::try_from(s.meta.record_bytes_max).unwrap_or(usize::MAX);
+        let mut index = 0usize;
+        let mut total = 0usize;
+        let mut fault = None;
+        for b in batches {
+            b.for_each_record(|key, value| {
+                if fault.is_some() {
+                    return;
+                }
+                let bytes = key.len() + value.len();
+                if key.is_empty() || key.len() > PARTITION_KEY_BYTES_MAX {
+                    fault = Some(Error::InvalidPartitionKey {
+                        index,
+                        len: key.len(),
+                    });
+                } else if bytes > record_max {
+                    fault = Some(Error::RecordTooLarge {
+                        index,
+                        bytes,
+                        max: record_max,
+                    });
+                }
+                total += bytes;
+                index += 1;
+            });
+        }
+        if let Some(e) = fault {
+            return Err(e);
+        }
+        if total > self.options.put_bytes_max {
+            return Err(Error::PutTooLarge {
+                bytes: total,
+                max: self.options.put_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
     fn validate_put(&self, s: &Stream, records: &[PutRecord]) -> Result<Vec<u128>> {
         if records.is_empty() {
             return Err(Error::EmptyPut);
@@ -1218,6 +1331,57 @@ impl SubmittedPut {
             .map(|(partition, written)| PendingAck { partition, written })
             .collect();
         (pending, self.acks)
+    }
+}
+
+/// One producer-framed batch for [`Broker::submit_batches`].
+#[derive(Debug)]
+pub struct FramedPut<B> {
+    /// The partition it is for.
+    pub partition: u32,
+    /// CRC-32 of the batch's bytes after its header, as the producer computed it.
+    pub records_crc: u32,
+    /// The whole batch (see [`PreparedBatch::framed`]); written as it is, header filled in.
+    pub batch: B,
+}
+
+/// Where one batch of [`Broker::submit_batches`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The partition it was for.
+    pub partition: u32,
+    /// Records in it.
+    pub record_count: u32,
+    /// Offset of its first record; `None` when it was not written because a reshard closed the
+    /// partition.
+    pub first_offset: Option<u64>,
+}
+
+/// Batches that are written, in order, but not yet acknowledged.
+#[derive(Debug)]
+#[must_use = "batches are acknowledged only once every part has been waited for"]
+pub struct SubmittedBatches {
+    put: SubmittedPut,
+    outcomes: Vec<BatchOutcome>,
+}
+
+impl SubmittedBatches {
+    /// Whether every written batch is already acknowledged (always so unless the policy is
+    /// `fsync=always`).
+    pub fn is_acknowledged(&self) -> bool {
+        self.put.is_acknowledged()
+    }
+
+    /// The waits still needed (see [`SubmittedPut::into_parts`]) and each batch's outcome, in
+    /// request order, to hand out once all of them have returned `Ok`.
+    pub fn into_parts(self) -> (Vec<PendingAck>, Vec<BatchOutcome>) {
+        (self.put.into_parts().0, self.outcomes)
+    }
+
+    /// Waits until every written batch is acknowledged and returns the outcomes.
+    pub fn wait(self) -> Result<Vec<BatchOutcome>> {
+        self.put.wait()?;
+        Ok(self.outcomes)
     }
 }
 

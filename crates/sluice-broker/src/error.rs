@@ -73,6 +73,14 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A producer-framed batch that is malformed or fails its CRC.
+    #[error("batch {index}: {reason}")]
+    BadBatch {
+        /// Position of the batch in the request.
+        index: usize,
+        /// What is wrong with it.
+        reason: sluice_log::FramedError,
+    },
     /// A reshard of a partition that is already closed.
     #[error("partition {partition} of stream {stream:?} is closed")]
     PartitionClosed {

@@ -35,8 +35,9 @@ pub mod name;
 pub mod routing;
 
 pub use broker::{
-    Broker, BrokerOptions, IoStats, PARTITION_KEY_BYTES_MAX, PartitionDescription, PartitionState,
-    PendingAck, PutAck, PutRecord, RetentionReport, StreamConfig, StreamDescription, SubmittedPut,
+    BatchOutcome, Broker, BrokerOptions, FramedPut, IoStats, PARTITION_KEY_BYTES_MAX,
+    PartitionDescription, PartitionState, PendingAck, PutAck, PutRecord, RetentionReport,
+    StreamConfig, StreamDescription, SubmittedBatches, SubmittedPut,
 };
 pub use error::{Error, Result};
 pub use group::{

@@ -21,6 +21,7 @@ pub fn to_wire(e: &BrokerError) -> ErrorResponse {
         BrokerError::EmptyPut => ErrorCode::EmptyPut,
         BrokerError::TooManyRecords { .. } => ErrorCode::TooManyRecords,
         BrokerError::PutTooLarge { .. } => ErrorCode::PutTooLarge,
+        BrokerError::BadBatch { .. } => ErrorCode::BadBatch,
         BrokerError::PartitionClosed { .. } => ErrorCode::PartitionClosed,
         BrokerError::InvalidSplitKey { .. } => ErrorCode::InvalidSplitKey,
         BrokerError::NotAdjacent { .. } => ErrorCode::NotAdjacent,
