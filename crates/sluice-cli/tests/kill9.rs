@@ -3,7 +3,8 @@
 //! directory, over and over. After every cycle: every acknowledged record is at its acknowledged
 //! offset, byte for byte; each partition's offsets are contiguous; each key's records are in the
 //! order they were sent; nothing appears that was never sent; and a consumer's committed
-//! checkpoint is where it was committed. Runs under `fsync=always` and `fsync=interval:50ms` (a
+//! checkpoint is where it was committed. Half the producers send plain puts and half frame their
+//! batches themselves (`put_routed`). Runs under `fsync=always` and `fsync=interval:50ms` (a
 //! process crash loses nothing acknowledged under either).
 //!
 //! CI runs 20 cycles per mode; for a long run set the cycle count:
@@ -215,7 +216,14 @@ async fn cycle(
                         });
                     }
                 }
-                match c.put("replay", records.clone()).await {
+                // Half the producers frame their batches themselves (`PutBatches`), so both write
+                // paths are killed under load.
+                let put = if t % 2 == 0 {
+                    c.put("replay", records.clone()).await
+                } else {
+                    c.put_routed("replay", &records).await
+                };
+                match put {
                     Ok(acks) => {
                         let mut l = ledger.lock().unwrap();
                         for (r, a) in records.iter().zip(acks) {

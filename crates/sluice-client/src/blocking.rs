@@ -73,6 +73,16 @@ impl BlockingClient {
         self.runtime.block_on(self.inner.put(stream, records))
     }
 
+    /// See [`Client::put_routed`], the fast put that frames one batch per partition.
+    pub fn put_routed(
+        &self,
+        stream: &str,
+        records: &[PutRecord],
+    ) -> Result<Vec<PutAck>, ClientError> {
+        self.runtime
+            .block_on(self.inner.put_routed(stream, records))
+    }
+
     /// See [`Client::read`]; blocks for up to the long-poll wait when no records are there.
     pub fn read(&self, request: ReadRequest) -> Result<ReadResponse, ClientError> {
         self.runtime.block_on(self.inner.read(request))

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use sluice_protocol::batch::{BatchAck, FramedBatch};
 use sluice_protocol::message::{
     CreateStream, Kind, PartitionRef, PutAck, PutRecord, ReadRequest, ReadResponse, ServerStats,
-    StreamInfo, encode_put_body,
+    StreamInfo, encode_put_batches_body, encode_put_body,
 };
 use sluice_protocol::{Request, Response, WireError};
 use tokio::net::ToSocketAddrs;
@@ -18,6 +19,7 @@ use tokio::sync::Mutex;
 use crate::config::ClientConfig;
 use crate::connection::{Connection, InFlight, deadline_after};
 use crate::error::ClientError;
+use crate::routed::{RouteCache, check_answer};
 
 /// A put request encoded once, to be sent any number of times with [`Client::put_encoded`]
 /// (a load generator or a replay tool sending the same records again).
@@ -41,6 +43,40 @@ impl EncodedPut {
     /// Records in the put.
     pub fn record_count(&self) -> usize {
         self.records
+    }
+
+    /// Size of the encoded request body, bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// A `PutBatches` request encoded once, to be sent any number of times with
+/// [`Client::put_batches_encoded`] (a load generator sending the same batches again).
+#[derive(Debug, Clone)]
+pub struct EncodedBatches {
+    body: Bytes,
+    /// `(partition, record count)` of each batch, to check the answer against.
+    batches: Vec<(u32, u32)>,
+}
+
+impl EncodedBatches {
+    /// Encodes `batches` for `stream`.
+    pub fn new(stream: &str, batches: &[FramedBatch]) -> Self {
+        let mut body = BytesMut::new();
+        encode_put_batches_body(stream, batches, &mut body);
+        Self {
+            body: body.freeze(),
+            batches: batches
+                .iter()
+                .map(|b| (b.partition, b.record_count()))
+                .collect(),
+        }
+    }
+
+    /// Records in all the batches.
+    pub fn record_count(&self) -> usize {
+        self.batches.iter().map(|(_, n)| *n as usize).sum()
     }
 
     /// Size of the encoded request body, bytes.
@@ -74,6 +110,8 @@ struct Inner {
     /// Connections opened so far. A group member compares it before and after a call to tell
     /// whether the call went to a server its heartbeats have not spoken to (a restart).
     connections: AtomicU64,
+    /// Routing tables for [`Client::put_routed`].
+    routes: RouteCache,
 }
 
 impl Inner {
@@ -109,6 +147,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             conn: Mutex::new(None),
             connections: AtomicU64::new(1),
+            routes: RouteCache::default(),
         };
         let conn = Connection::open(&inner.addrs, &inner.config, inner.next_id()).await?;
         let mut inner = inner;
@@ -121,6 +160,10 @@ impl Client {
     /// The settings this client was made with.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    pub(crate) fn route_cache(&self) -> &RouteCache {
+        &self.inner.routes
     }
 
     /// How many connections this client has opened: it changes when the client reconnects.
@@ -254,6 +297,55 @@ impl Client {
         match response {
             Response::Put(acks) if acks.len() == put.records => Ok(acks),
             Response::Put(_) => Err(WireError::Invalid("ack count").into()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Sends batches framed with [`BatchBuilder`](sluice_protocol::batch::BatchBuilder), each
+    /// for the partition it names, in one `PutBatches` request, and returns one acknowledgement
+    /// per batch, in order. The routing is the caller's: [`Client::put_routed`] does it, and
+    /// retries the batches a reshard refused.
+    pub async fn put_batches(
+        &self,
+        stream: &str,
+        batches: Vec<FramedBatch>,
+    ) -> Result<Vec<BatchAck>, ClientError> {
+        let expected: Vec<(u32, u32)> = batches
+            .iter()
+            .map(|b| (b.partition, b.record_count()))
+            .collect();
+        let request = Request::PutBatches {
+            stream: stream.into(),
+            batches,
+        };
+        match self.call(request).await? {
+            Response::PutBatches(acks) if check_answer(&expected, &acks) => Ok(acks),
+            Response::PutBatches(_) => Err(WireError::Invalid("ack count").into()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Sends batches encoded beforehand with [`EncodedBatches::new`]; the same as
+    /// [`Client::put_batches`] without encoding them again.
+    pub async fn put_batches_encoded(
+        &self,
+        put: &EncodedBatches,
+    ) -> Result<Vec<BatchAck>, ClientError> {
+        let conn = self.connection().await?;
+        let deadline = deadline_after(self.inner.config.request_timeout);
+        let response = conn
+            .submit_encoded(
+                self.inner.next_id(),
+                Kind::PutBatches as u16,
+                &put.body,
+                deadline,
+            )
+            .await?
+            .wait()
+            .await?;
+        match response {
+            Response::PutBatches(acks) if check_answer(&put.batches, &acks) => Ok(acks),
+            Response::PutBatches(_) => Err(WireError::Invalid("ack count").into()),
             _ => Err(unexpected()),
         }
     }

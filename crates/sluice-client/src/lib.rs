@@ -12,6 +12,8 @@
 //! - `connection`: one connection's writer and reader tasks and the table of pending requests.
 //! - [`config`]: timeouts, the response size limit, reconnect backoff.
 //! - [`producer`]: batching, linger, bounded in-flight batches.
+//! - [`routed`]: client-side routing for [`Client::put_routed`], the fast put that frames one
+//!   batch per partition.
 //! - [`partition_reader`]: reading a partition from a starting point onwards.
 //! - [`blocking`]: the blocking wrapper.
 //! - [`error`]: the one error type, [`ClientError`], and what each variant means.
@@ -61,14 +63,16 @@ pub mod error;
 pub mod group;
 pub mod partition_reader;
 pub mod producer;
+pub mod routed;
 
 pub use blocking::BlockingClient;
-pub use client::{Client, EncodedPut};
+pub use client::{Client, EncodedBatches, EncodedPut};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use group::{GroupBatch, GroupConfig, GroupConsumer, GroupEvent};
 pub use partition_reader::{PartitionReader, ReaderConfig};
 pub use producer::{AckHandle, Producer, ProducerConfig};
+pub use sluice_protocol::batch::{BatchAck, BatchBuilder, FramedBatch};
 pub use sluice_protocol::message::{
     CreateStream, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, JoinGroup, Joined,
     LeaseInfo, MemberInfo, MemberRef, PartitionInfo, PutAck, PutRecord, ReadFrom, ReadRequest,

@@ -47,6 +47,46 @@ impl Outgoing {
     }
 }
 
+/// Answers a put the reader has written: at once when it is already acknowledged, otherwise from
+/// a task that waits for its fsync while the reader goes on with the puts that follow.
+async fn answer_put(
+    shared: &Arc<Shared>,
+    out_tx: &mpsc::Sender<Outgoing>,
+    requests: &mut tokio::task::JoinSet<()>,
+    (kind, id): (u16, u64),
+    written: Result<handler::WrittenPut, ErrorResponse>,
+    started: Instant,
+    (permit, budget): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    match written {
+        Ok(put) if put.is_acknowledged() => {
+            let answer = handler::finish_put(shared, put, started).await;
+            let _ = out_tx
+                .send(encode_answer(kind, id, answer).holding(budget))
+                .await;
+            drop(permit);
+        }
+        Ok(put) => {
+            let shared = Arc::clone(shared);
+            let out_tx = out_tx.clone();
+            requests.spawn(async move {
+                let answer = handler::finish_put(&shared, put, started).await;
+                let _ = out_tx
+                    .send(encode_answer(kind, id, answer).holding(budget))
+                    .await;
+                drop(permit);
+            });
+            while requests.try_join_next().is_some() {}
+        }
+        Err(e) => {
+            let _ = out_tx
+                .send(encode_answer(kind, id, Err(e)).holding(budget))
+                .await;
+            drop(permit);
+        }
+    }
+}
+
 /// Answers a connection over the limit with `Busy` and closes it.
 pub(crate) async fn refuse_busy(mut socket: TcpStream, limit: usize) {
     let mut out = BytesMut::new();
@@ -60,7 +100,9 @@ pub(crate) async fn refuse_busy(mut socket: TcpStream, limit: usize) {
 }
 
 enum ReadOutcome {
-    Frame(FrameHeader, Bytes),
+    /// A whole frame; the body stays mutable so that a `PutBatches` request's batches can be
+    /// written where they arrived.
+    Frame(FrameHeader, BytesMut),
     /// The peer closed the connection between frames.
     Closed,
     /// The connection must close (broken framing, timeout, I/O error); answer first if given.
@@ -78,7 +120,7 @@ async fn read_frame(shared: &Shared, rd: &mut OwnedReadHalf, buf: &mut BytesMut)
                 let total = HEADER_LEN + h.body_len as usize;
                 if buf.len() >= total {
                     let mut frame = buf.split_to(total);
-                    let body = frame.split_off(HEADER_LEN).freeze();
+                    let body = frame.split_off(HEADER_LEN);
                     return ReadOutcome::Frame(h, body);
                 }
                 // The length was checked against the limit before this reservation.
@@ -231,7 +273,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 continue;
             }
         }
-        let request = match Request::decode(kind, body) {
+        let request = match Request::decode_mut(kind, body) {
             Ok(r) => r,
             Err(e) => {
                 // The frame itself was whole, so the connection can go on.
@@ -296,34 +338,31 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 // Written here, in arrival order, before the next frame is read: see the module
                 // docs for why the write does not go to the blocking pool.
                 let started = Instant::now();
-                match handler::submit_put(&shared, stream, records) {
-                    Ok(put) if put.is_acknowledged() => {
-                        let answer = handler::finish_put(&shared, put, started).await;
-                        let _ = out_tx
-                            .send(encode_answer(kind, id, answer).holding(budget))
-                            .await;
-                        drop(permit);
-                    }
-                    Ok(put) => {
-                        // Only the fsync wait is left: it overlaps with the puts that follow.
-                        let shared = Arc::clone(&shared);
-                        let out_tx = out_tx.clone();
-                        requests.spawn(async move {
-                            let answer = handler::finish_put(&shared, put, started).await;
-                            let _ = out_tx
-                                .send(encode_answer(kind, id, answer).holding(budget))
-                                .await;
-                            drop(permit);
-                        });
-                        while requests.try_join_next().is_some() {}
-                    }
-                    Err(e) => {
-                        let _ = out_tx
-                            .send(encode_answer(kind, id, Err(e)).holding(budget))
-                            .await;
-                        drop(permit);
-                    }
-                }
+                let written = handler::submit_put(&shared, stream, records);
+                answer_put(
+                    &shared,
+                    &out_tx,
+                    &mut requests,
+                    (kind, id),
+                    written,
+                    started,
+                    (permit, budget),
+                )
+                .await;
+            }
+            Request::PutBatches { stream, batches } => {
+                let started = Instant::now();
+                let written = handler::submit_batches(&shared, stream, batches);
+                answer_put(
+                    &shared,
+                    &out_tx,
+                    &mut requests,
+                    (kind, id),
+                    written,
+                    started,
+                    (permit, budget),
+                )
+                .await;
             }
             other => {
                 let shared = Arc::clone(&shared);

@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_broker::{PutRecord as BrokerRecord, StreamConfig, SubmittedPut};
+use sluice_broker::{
+    FramedPut, PutRecord as BrokerRecord, StreamConfig, SubmittedBatches, SubmittedPut,
+};
 use sluice_log::ReadLimits;
 use sluice_protocol::ErrorCode;
+use sluice_protocol::batch::{BATCH_HEADER_LEN, BatchAck, FramedBatch, RECORD_HEADER_LEN};
 use sluice_protocol::message::{
     ErrorResponse, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, Joined, LeaseInfo,
     MemberInfo, PartitionInfo, PutRecord, ReadFrom, ReadRequest, ReadResponse, Request, Response,
@@ -231,10 +234,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
                 .unwrap_or_default();
             Ok(Response::Stats(shared.stats.snapshot(io)))
         }
-        Request::Hello { .. } | Request::Put { .. } => Err(ErrorResponse::new(
-            ErrorCode::Internal,
-            "handled by the connection",
-        )),
+        Request::Hello { .. } | Request::Put { .. } | Request::PutBatches { .. } => Err(
+            ErrorResponse::new(ErrorCode::Internal, "handled by the connection"),
+        ),
         _ => Err(ErrorResponse::new(
             ErrorCode::UnknownKind,
             "request kind not served",
@@ -245,15 +247,25 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request) -> Answer {
 /// A put that is written and waits for its acknowledgement (its fsync under `fsync=always`).
 pub(crate) struct WrittenPut {
     stream: String,
-    submitted: SubmittedPut,
+    submitted: Submitted,
     records: u64,
     bytes: u64,
+}
+
+enum Submitted {
+    /// A `Put`: acknowledged per record.
+    Records(SubmittedPut),
+    /// A `PutBatches`: acknowledged per batch; `bytes` holds each batch's key and value bytes.
+    Batches(SubmittedBatches, Vec<u64>),
 }
 
 impl WrittenPut {
     /// Whether it is acknowledged already, so that [`finish_put`] would not wait.
     pub(crate) fn is_acknowledged(&self) -> bool {
-        self.submitted.is_acknowledged()
+        match &self.submitted {
+            Submitted::Records(s) => s.is_acknowledged(),
+            Submitted::Batches(s, _) => s.is_acknowledged(),
+        }
     }
 }
 
@@ -283,9 +295,44 @@ pub(crate) fn submit_put(
         .map_err(|e| to_wire(&e))?;
     Ok(WrittenPut {
         stream,
-        submitted,
+        submitted: Submitted::Records(submitted),
         records: records.len() as u64,
         bytes,
+    })
+}
+
+/// [`submit_put`] for producer-framed batches: checked, then written where they arrived.
+pub(crate) fn submit_batches(
+    shared: &Shared,
+    stream: String,
+    batches: Vec<FramedBatch>,
+) -> Result<WrittenPut, ErrorResponse> {
+    // Key and value bytes per batch, for the statistics: the batch less its headers.
+    let bytes: Vec<u64> = batches
+        .iter()
+        .map(|b| {
+            (b.batch.len() as u64)
+                .saturating_sub(BATCH_HEADER_LEN as u64)
+                .saturating_sub(u64::from(b.record_count()) * RECORD_HEADER_LEN as u64)
+        })
+        .collect();
+    let framed = batches
+        .into_iter()
+        .map(|b| FramedPut {
+            partition: b.partition,
+            records_crc: b.records_crc,
+            batch: b.batch,
+        })
+        .collect();
+    let submitted = shared
+        .broker
+        .submit_batches(&stream, framed)
+        .map_err(|e| to_wire(&e))?;
+    Ok(WrittenPut {
+        stream,
+        submitted: Submitted::Batches(submitted, bytes),
+        records: 0,
+        bytes: 0,
     })
 }
 
@@ -294,10 +341,51 @@ pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: I
     let WrittenPut {
         stream,
         submitted,
-        records: count,
-        bytes,
+        mut records,
+        mut bytes,
     } = put;
-    let (pending, acks) = submitted.into_parts();
+    let (pending, answer, mut touched) = match submitted {
+        Submitted::Records(s) => {
+            let (pending, acks) = s.into_parts();
+            let touched: Vec<u32> = acks.iter().map(|a| a.partition).collect();
+            let answer = Response::Put(
+                acks.into_iter()
+                    .map(|a| sluice_protocol::message::PutAck {
+                        partition: a.partition,
+                        offset: a.offset,
+                    })
+                    .collect(),
+            );
+            (pending, answer, touched)
+        }
+        Submitted::Batches(s, batch_bytes) => {
+            let (pending, outcomes) = s.into_parts();
+            let mut touched = Vec::new();
+            for (o, b) in outcomes.iter().zip(batch_bytes) {
+                if o.first_offset.is_some() {
+                    touched.push(o.partition);
+                    records += u64::from(o.record_count);
+                    bytes += b;
+                }
+            }
+            let answer = Response::PutBatches(
+                outcomes
+                    .into_iter()
+                    .map(|o| BatchAck {
+                        partition: o.partition,
+                        status: if o.first_offset.is_some() {
+                            0
+                        } else {
+                            ErrorCode::PartitionClosed.as_u16()
+                        },
+                        record_count: o.record_count,
+                        base_offset: o.first_offset.unwrap_or(0),
+                    })
+                    .collect(),
+            );
+            (pending, answer, touched)
+        }
+    };
     // Each partition's fsync wait runs on the blocking pool, whose threads are reused; none at
     // all when the records are already acknowledged (any policy but `always`, or an fsync that
     // already covered them).
@@ -316,7 +404,6 @@ pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: I
             }
         }
     }
-    let mut touched: Vec<u32> = acks.iter().map(|a| a.partition).collect();
     touched.sort_unstable();
     touched.dedup();
     for p in touched {
@@ -324,15 +411,8 @@ pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: I
     }
     shared
         .stats
-        .record_put(&stream, count, bytes, started.elapsed());
-    Ok(Response::Put(
-        acks.into_iter()
-            .map(|a| sluice_protocol::message::PutAck {
-                partition: a.partition,
-                offset: a.offset,
-            })
-            .collect(),
-    ))
+        .record_put(&stream, records, bytes, started.elapsed());
+    Ok(answer)
 }
 
 /// A read, long-polling for up to `max_wait_ms` when there is nothing to return yet.
