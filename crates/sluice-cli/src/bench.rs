@@ -22,7 +22,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::json;
 use sluice_client::{
-    Client, ClientError, CreateStream, EncodedPut, PutRecord, ReadFrom, ReadRequest,
+    Client, ClientError, CreateStream, EncodedBatches, EncodedPut, PutRecord, ReadFrom,
+    ReadRequest, Router,
 };
 use sluice_server::{Server, ServerConfig};
 
@@ -98,6 +99,11 @@ pub struct ProduceArgs {
     /// fixed (one key: every record to one partition).
     #[arg(long, default_value = "random", value_parser = parse_keys)]
     keys: Keys,
+    /// Who frames the batches: client (the producer routes each record by its key's hash and
+    /// sends one ready-made batch per partition, `PutBatches`, as `Client::put_routed` does), or
+    /// server (plain puts that the server routes and frames record by record, `Put`).
+    #[arg(long, default_value = "client", value_parser = parse_framing)]
+    framing: Framing,
     /// Keep the stream on the server afterwards (with --server; an embedded server's data is
     /// always deleted).
     #[arg(long)]
@@ -178,6 +184,32 @@ impl Keys {
             Self::Fixed => "sluice-bench-key".to_owned(),
         };
         Bytes::from(text)
+    }
+}
+
+/// Who routes records and frames batches (see `--framing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The producer: `PutBatches`.
+    Client,
+    /// The server: `Put`.
+    Server,
+}
+
+impl Framing {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+fn parse_framing(text: &str) -> Result<Framing, String> {
+    match text {
+        "client" => Ok(Framing::Client),
+        "server" => Ok(Framing::Server),
+        _ => Err(format!("`{text}` is not client or server")),
     }
 }
 
@@ -482,15 +514,61 @@ struct Load {
     producers: usize,
     in_flight: usize,
     keys: Keys,
+    /// The stream's routing table when the producers frame their batches (`--framing client`);
+    /// `None` for plain puts.
+    router: Option<Arc<Router>>,
+}
+
+/// One put, encoded once: plain, or framed by the producer.
+enum Encoded {
+    Put(EncodedPut),
+    Batches(EncodedBatches),
+}
+
+impl Encoded {
+    fn new(
+        stream: &str,
+        router: Option<&Router>,
+        records: &[PutRecord],
+    ) -> Result<Self, ClientError> {
+        Ok(match router {
+            None => Self::Put(EncodedPut::new(stream, records)),
+            Some(router) => {
+                Self::Batches(EncodedBatches::new(stream, &router.frame(stream, records)?))
+            }
+        })
+    }
+
+    async fn send(&self, client: &Client) -> Result<(), ClientError> {
+        match self {
+            Self::Put(p) => client.put_encoded(p).await.map(drop),
+            Self::Batches(b) => {
+                let acks = client.put_batches_encoded(b).await?;
+                // The run's stream is fresh and never resharded, so a refused batch means
+                // someone else split or merged it: the run's figures would be wrong.
+                match acks.iter().find(|a| !a.is_written()) {
+                    None => Ok(()),
+                    Some(a) => Err(ClientError::Server {
+                        code: a.status,
+                        kind: sluice_client::ErrorCode::from_u16(a.status),
+                        message: format!(
+                            "partition {} was closed during the run (resharded by someone else?)",
+                            a.partition
+                        ),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 /// The records of one producer's puts, and the puts encoded once.
 struct Templates {
     records: Vec<Vec<PutRecord>>,
-    encoded: Vec<EncodedPut>,
+    encoded: Vec<Encoded>,
 }
 
-fn templates(load: &Load, producer: usize) -> Templates {
+fn templates(load: &Load, producer: usize) -> Result<Templates, ClientError> {
     let mut rng = SmallRng::seed_from_u64(0x5eed_0000 + producer as u64);
     let value_len = load.record_bytes - KEY_BYTES;
     // Values are slices of one random buffer at different starts, so records differ without a
@@ -514,9 +592,9 @@ fn templates(load: &Load, producer: usize) -> Templates {
         .collect();
     let encoded = records
         .iter()
-        .map(|r| EncodedPut::new(&load.stream, r))
-        .collect();
-    Templates { records, encoded }
+        .map(|r| Encoded::new(&load.stream, load.router.as_deref(), r))
+        .collect::<Result<_, _>>()?;
+    Ok(Templates { records, encoded })
 }
 
 /// Puts records as fast as the server acknowledges them, until the record budget or the time
@@ -531,10 +609,11 @@ async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured
     let shared = Shared::new(load.records, load.duration);
     let started = Instant::now();
     for (p, client) in clients.into_iter().enumerate() {
-        let t = Arc::new(templates(load, p));
+        let t = Arc::new(templates(load, p).map_err(client_err)?);
         for slot in 0..load.in_flight {
             let (client, t, shared) = (client.clone(), Arc::clone(&t), Arc::clone(&shared));
             let (batch, stream) = (load.batch as u64, load.stream.clone());
+            let router = load.router.clone();
             tasks.spawn(async move {
                 let mut latency = new_histogram();
                 let mut requests = 0u64;
@@ -551,12 +630,15 @@ async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured
                                 .records
                                 .get(i)
                                 .map_or(&[][..], |r| r.get(..n as usize).unwrap_or(r.as_slice()));
-                            partial = EncodedPut::new(&stream, records);
+                            partial = match Encoded::new(&stream, router.as_deref(), records) {
+                                Ok(p) => p,
+                                Err(e) => return Err(client_err(e).to_string()),
+                            };
                             &partial
                         }
                     };
                     let sent = Instant::now();
-                    if let Err(e) = client.put_encoded(put).await {
+                    if let Err(e) = put.send(&client).await {
                         shared.stop.store(true, Ordering::Relaxed);
                         return Err(client_err(e).to_string());
                     }
@@ -647,7 +729,7 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
         Some(dir) if args.baseline => Some(disk_baseline(dir, baseline_bytes)?),
         _ => None,
     };
-    let load = Load {
+    let mut load = Load {
         stream: fresh_stream_name(),
         records,
         duration,
@@ -656,11 +738,19 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
         producers: args.producers,
         in_flight: args.in_flight,
         keys: args.keys,
+        router: None,
     };
     let runtime = client_runtime()?;
     let outcome = runtime.block_on(async {
         let admin = connect(&target.addr).await?;
         create_stream(&admin, &load.stream, args.partitions).await?;
+        if args.framing == Framing::Client {
+            let info = admin
+                .describe_stream(&load.stream)
+                .await
+                .map_err(client_err)?;
+            load.router = Some(Arc::new(Router::new(&info)));
+        }
         let before = admin.stats().await.map_err(client_err)?;
         // The ceiling is measured before and after the run, like the disk, and the better of the
         // two is kept: the first to touch fresh memory pays for it on a virtual machine.
@@ -712,12 +802,13 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "produce: {} records of {} bytes in {} puts of up to {} ({} keys), {} producers x {} in flight, {} partitions, {described}",
+        "produce: {} records of {} bytes in {} puts of up to {} ({} keys, framed by the {}), {} producers x {} in flight, {} partitions, {described}",
         m.records,
         args.record_bytes,
         m.requests,
         args.batch,
         args.keys.describe(),
+        args.framing.describe(),
         args.producers,
         args.in_flight,
         args.partitions,
@@ -787,6 +878,7 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
             o.insert("in_flight".into(), json!(args.in_flight));
             o.insert("partitions".into(), json!(args.partitions));
             o.insert("keys".into(), json!(args.keys.describe()));
+            o.insert("framing".into(), json!(args.framing.describe()));
             o.insert("server".into(), json!(server.unwrap_or("embedded")));
             o.insert(
                 "fsync".into(),
@@ -1081,6 +1173,7 @@ fn consume(server: Option<&str>, args: ConsumeArgs) -> CmdResult {
                     producers: 4,
                     in_flight: 1,
                     keys: Keys::Random,
+                    router: None,
                 };
                 create_stream(&admin, &load.stream, args.partitions).await?;
                 let bar = progress(args.records, "records filled");

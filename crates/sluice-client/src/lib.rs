@@ -72,6 +72,7 @@ pub use error::ClientError;
 pub use group::{GroupBatch, GroupConfig, GroupConsumer, GroupEvent};
 pub use partition_reader::{PartitionReader, ReaderConfig};
 pub use producer::{AckHandle, Producer, ProducerConfig};
+pub use routed::Router;
 pub use sluice_protocol::batch::{BatchAck, BatchBuilder, FramedBatch};
 pub use sluice_protocol::message::{
     CreateStream, GroupInfo, GroupPartitionInfo, GroupSummary, InitialPosition, JoinGroup, Joined,

@@ -26,16 +26,19 @@ pub const ROUTES_MAX_AGE: Duration = Duration::from_secs(60);
 /// description, so only reshards that keep closing the new partitions use them up).
 const REROUTES_MAX: usize = 8;
 
-/// The open partitions of one stream, by the start of their hash range.
+/// A stream's routing table: its open partitions, by the start of their hash range. Built from
+/// a `DescribeStream` answer; [`Client::put_routed`] keeps one per stream by itself, and a
+/// caller that frames puts ahead of time (a load generator) can use one directly.
 #[derive(Debug)]
-pub(crate) struct Routes {
+pub struct Router {
     /// `(hash_start, hash_end, partition)`, sorted by `hash_start`, covering the hash space.
     open: Vec<(u128, u128, u32)>,
     fetched: Instant,
 }
 
-impl Routes {
-    fn new(info: &StreamInfo) -> Self {
+impl Router {
+    /// The routing table of a described stream.
+    pub fn new(info: &StreamInfo) -> Self {
         let mut open: Vec<(u128, u128, u32)> = info
             .partitions
             .iter()
@@ -50,26 +53,46 @@ impl Routes {
     }
 
     /// The open partition whose range holds `hash`.
-    fn route(&self, hash: u128) -> Option<u32> {
+    pub fn route(&self, hash: u128) -> Option<u32> {
         let i = self.open.partition_point(|(start, _, _)| *start <= hash);
         let (start, end, id) = *self.open.get(i.checked_sub(1)?)?;
         (start <= hash && hash <= end).then_some(id)
     }
 }
 
+impl Router {
+    /// Routes `records` and frames one batch per partition, each holding its records in input
+    /// order: what [`Client::put_routed`] sends, ready for [`Client::put_batches`] or
+    /// [`EncodedBatches`](crate::EncodedBatches).
+    pub fn frame(
+        &self,
+        stream: &str,
+        records: &[PutRecord],
+    ) -> Result<Vec<FramedBatch>, ClientError> {
+        let hashes: Vec<u128> = records.iter().map(record_hash).collect();
+        let all: Vec<usize> = (0..records.len()).collect();
+        Ok(frame(records, &hashes, &all, self, stream)?.0)
+    }
+}
+
+fn record_hash(r: &PutRecord) -> u128 {
+    r.explicit_hash_key
+        .unwrap_or_else(|| hash_key(&r.partition_key))
+}
+
 /// Routing tables by stream name, shared by a client's clones.
 #[derive(Debug, Default)]
-pub(crate) struct RouteCache(Mutex<HashMap<String, Arc<Routes>>>);
+pub(crate) struct RouteCache(Mutex<HashMap<String, Arc<Router>>>);
 
 impl RouteCache {
-    fn get(&self, stream: &str) -> Option<Arc<Routes>> {
+    fn get(&self, stream: &str) -> Option<Arc<Router>> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(stream)
             .filter(|r| r.fetched.elapsed() < ROUTES_MAX_AGE)
             .cloned()
     }
 
-    fn put(&self, stream: &str, routes: Arc<Routes>) {
+    fn put(&self, stream: &str, routes: Arc<Router>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(stream.to_owned(), routes);
     }
@@ -81,11 +104,11 @@ impl RouteCache {
 }
 
 impl Client {
-    async fn routes(&self, stream: &str, fresh: bool) -> Result<Arc<Routes>, ClientError> {
+    async fn routes(&self, stream: &str, fresh: bool) -> Result<Arc<Router>, ClientError> {
         if !fresh && let Some(r) = self.route_cache().get(stream) {
             return Ok(r);
         }
-        let routes = Arc::new(Routes::new(&self.describe_stream(stream).await?));
+        let routes = Arc::new(Router::new(&self.describe_stream(stream).await?));
         self.route_cache().put(stream, Arc::clone(&routes));
         Ok(routes)
     }
@@ -110,13 +133,7 @@ impl Client {
         stream: &str,
         records: &[PutRecord],
     ) -> Result<Vec<PutAck>, ClientError> {
-        let hashes: Vec<u128> = records
-            .iter()
-            .map(|r| {
-                r.explicit_hash_key
-                    .unwrap_or_else(|| hash_key(&r.partition_key))
-            })
-            .collect();
+        let hashes: Vec<u128> = records.iter().map(record_hash).collect();
         let mut acks: Vec<Option<PutAck>> = vec![None; records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut fresh = false;
@@ -170,7 +187,7 @@ fn frame(
     records: &[PutRecord],
     hashes: &[u128],
     pending: &[usize],
-    routes: &Routes,
+    routes: &Router,
     stream: &str,
 ) -> Result<(Vec<FramedBatch>, Vec<Vec<usize>>), ClientError> {
     let mut by_partition: Vec<(u32, Vec<usize>)> = Vec::new();
@@ -255,7 +272,7 @@ mod tests {
     #[test]
     fn routes_follow_the_open_ranges_only() {
         let mid = u128::MAX / 2;
-        let r = Routes::new(&info(&[
+        let r = Router::new(&info(&[
             (0, false, 0, u128::MAX),
             (2, true, mid + 1, u128::MAX),
             (1, true, 0, mid),
@@ -264,7 +281,7 @@ mod tests {
         assert_eq!(r.route(mid), Some(1));
         assert_eq!(r.route(mid + 1), Some(2));
         assert_eq!(r.route(u128::MAX), Some(2));
-        let gap = Routes::new(&info(&[(1, true, 0, mid)]));
+        let gap = Router::new(&info(&[(1, true, 0, mid)]));
         assert_eq!(gap.route(mid + 1), None);
     }
 }

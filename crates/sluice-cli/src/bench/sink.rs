@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
+use sluice_protocol::batch::BatchAck;
 use sluice_protocol::frame::{FrameHeader, HEADER_LEN};
 use sluice_protocol::message::{ErrorResponse, Kind, PutAck, put_record_count};
-use sluice_protocol::{ErrorCode, PROTOCOL_VERSION, Response};
+use sluice_protocol::{ErrorCode, PROTOCOL_VERSION, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -77,8 +78,8 @@ impl Drop for Sink {
     }
 }
 
-/// Answers `Hello` and `Put` (with one made-up acknowledgement per record, which is what the
-/// client checks) and refuses the rest, in order, like the server does per connection. The
+/// Answers `Hello`, `Put` (with one made-up acknowledgement per record, which is what the
+/// client checks) and `PutBatches` (one per batch) and refuses the rest, in order, like the server does per connection. The
 /// write blocks this task's thread, as a short pwrite into the page cache does; the server hands
 /// its writes to a blocking pool instead, which costs it more, not less.
 async fn serve(conn: TcpStream, mut file: File) -> io::Result<()> {
@@ -98,7 +99,7 @@ async fn serve(conn: TcpStream, mut file: File) -> io::Result<()> {
                 return Ok(());
             }
         };
-        let frame = buf.split_to(HEADER_LEN + header.body_len as usize);
+        let mut frame = buf.split_to(HEADER_LEN + header.body_len as usize);
         let body = frame.get(HEADER_LEN..).unwrap_or_default();
         out.clear();
         match Kind::from_u16(header.kind) {
@@ -117,6 +118,24 @@ async fn serve(conn: TcpStream, mut file: File) -> io::Result<()> {
                     })
                     .collect();
                 Response::Put(acks).encode(header.correlation_id, &mut out);
+            }
+            Ok(Kind::PutBatches) => {
+                // The whole request in one write, as the server writes each batch where it
+                // arrived; the batches are then found in place (no copy) to acknowledge them.
+                file.write_all(body)?;
+                let acks = match Request::decode_mut(header.kind, frame.split_off(HEADER_LEN)) {
+                    Ok(Request::PutBatches { batches, .. }) => batches
+                        .iter()
+                        .map(|b| BatchAck {
+                            partition: b.partition,
+                            status: 0,
+                            record_count: b.record_count(),
+                            base_offset: 0,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                Response::PutBatches(acks).encode(header.correlation_id, &mut out);
             }
             _ => ErrorResponse::new(ErrorCode::UnknownKind, "the loopback sink only takes puts")
                 .encode(header.kind, header.correlation_id, &mut out),
