@@ -2,19 +2,19 @@
 //!
 //! The reader decodes frames and hands each request to a task; a writer task sends the answers as
 //! they complete, matched by correlation id (so a slow read never holds up a fast put). Puts are
-//! different: the reader writes each one itself, in arrival order, before it reads the next
+//! different: the reader has each one written, in arrival order, before it reads the next
 //! frame, and only their acknowledgements (the fsync waits) overlap, so a client that pipelines
 //! puts for a key keeps their order. At most `max_in_flight_per_connection` requests run at
 //! once; past that the reader stops reading, which pushes back on the client through TCP.
 //!
-//! A put's write is a copy into the page cache under its partition's lock, which takes less time
-//! than handing it to the blocking pool and back: sending it there cost a third of the
-//! throughput under `fsync=never` (two thread wake-ups per put). What can block for long stays
-//! off the runtime's threads: the fsync waits of `fsync=always` run on the blocking pool. The
-//! write itself blocks the reader's thread only as long as the kernel takes to accept it, which
-//! is longer in two cases: a segment roll (an fsync of the sealed segment, every
-//! `segment_bytes_max`), and the kernel throttling a writer that is far ahead of the disk (only
-//! under `fsync=never` or `interval`, where dirty pages can pile up).
+//! A put's write runs on tokio's blocking pool, although it is usually a short copy into the page
+//! cache: it can block for long, on a segment roll (which fsyncs the sealed segment, up to
+//! `segment_bytes_max` of dirty data under `fsync=never`) or on the kernel throttling a writer far
+//! ahead of the disk, and a runtime thread blocked there would stall every connection it serves.
+//! Writing on the reader's thread instead measured no faster once producers frame their own
+//! batches (`PutBatches`). A put that is acknowledged as soon as it is written (any policy but
+//! `fsync=always`) is answered at once, without a task of its own; the fsync waits of
+//! `fsync=always` run on the blocking pool and overlap with the puts that follow.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +44,19 @@ impl Outgoing {
     fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
         self._budget = Some(permit);
         self
+    }
+}
+
+/// Runs a put's write on the blocking pool (see the module docs) and waits for it.
+async fn on_pool(
+    write: impl FnOnce() -> Result<handler::WrittenPut, ErrorResponse> + Send + 'static,
+) -> Result<handler::WrittenPut, ErrorResponse> {
+    match tokio::task::spawn_blocking(write).await {
+        Ok(written) => written,
+        Err(e) => Err(ErrorResponse::new(
+            ErrorCode::Internal,
+            format!("request task failed: {e}"),
+        )),
     }
 }
 
@@ -335,10 +348,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 let _ = out_tx.send(encode_answer(kind, id, answer)).await;
             }
             Request::Put { stream, records } => {
-                // Written here, in arrival order, before the next frame is read: see the module
-                // docs for why the write does not go to the blocking pool.
+                // Written in arrival order, before the next frame is read.
                 let started = Instant::now();
-                let written = handler::submit_put(&shared, stream, records);
+                let sh = Arc::clone(&shared);
+                let written = on_pool(move || handler::submit_put(&sh, stream, records)).await;
                 answer_put(
                     &shared,
                     &out_tx,
@@ -352,7 +365,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
             }
             Request::PutBatches { stream, batches } => {
                 let started = Instant::now();
-                let written = handler::submit_batches(&shared, stream, batches);
+                let sh = Arc::clone(&shared);
+                let written = on_pool(move || handler::submit_batches(&sh, stream, batches)).await;
                 answer_put(
                     &shared,
                     &out_tx,

@@ -1,6 +1,7 @@
 //! Executes requests against the broker. Broker calls block (disk I/O, fsync), so each runs on
 //! tokio's blocking pool; a dropped request future does not cancel a write already handed there.
-//! A put's write is the exception: the connection's reader runs it itself (see `connection.rs`).
+//! A put's write is handed to the pool by the connection's reader, which keeps puts in order
+//! (see `connection.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -269,9 +270,8 @@ impl WrittenPut {
     }
 }
 
-/// Writes a put (validated, routed, in the connection's order) on the calling thread and returns
-/// a handle to wait for its acknowledgement. It blocks only as long as the page-cache writes do
-/// (see `connection.rs` on why that is not handed to the blocking pool).
+/// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
+/// its acknowledgement. It blocks on disk I/O: the caller runs it on the blocking pool.
 pub(crate) fn submit_put(
     shared: &Shared,
     stream: String,
