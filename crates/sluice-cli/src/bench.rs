@@ -677,7 +677,9 @@ async fn ceiling_run(target: &Target, load: &Load) -> Result<f64, BoxError> {
         .ok_or_else(|| fail("the loopback ceiling needs the embedded server's directory"))?;
     let sink = sink::Sink::start(dir).await?;
     let bar = ProgressBar::hidden();
-    let m = run_load(&sink.addr().to_string(), load, &bar).await?;
+    let m = run_load(&sink.addr().to_string(), load, &bar).await;
+    sink.stop().await;
+    let m = m?;
     Ok(m.bytes as f64 / m.elapsed.as_secs_f64().max(1e-9) / MIB)
 }
 

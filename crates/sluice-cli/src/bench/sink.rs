@@ -30,6 +30,8 @@ pub struct Sink {
     task: JoinHandle<()>,
     /// The files written, one per connection (as the server writes one file per partition).
     paths: Arc<Mutex<Vec<PathBuf>>>,
+    /// The connections' tasks, each holding its file open.
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Sink {
@@ -38,8 +40,10 @@ impl Sink {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let paths = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(Mutex::new(Vec::new()));
         let dir = dir.to_path_buf();
         let made = Arc::clone(&paths);
+        let spawned = Arc::clone(&conns);
         let task = tokio::spawn(async move {
             let mut n = 0;
             while let Ok((conn, _)) = listener.accept().await {
@@ -53,12 +57,54 @@ impl Sink {
                 }
                 // A broken connection only ends its own task; the load generator reports the
                 // failed put.
-                tokio::spawn(async move {
+                let handle = tokio::spawn(async move {
                     let _ = serve(conn, file).await;
                 });
+                if let Ok(mut spawned) = spawned.lock() {
+                    spawned.push(handle);
+                }
             }
         });
-        Ok(Self { addr, task, paths })
+        Ok(Self {
+            addr,
+            task,
+            paths,
+            conns,
+        })
+    }
+
+    /// Stops the sink and deletes its files, and returns once they are gone: the kernel drops a
+    /// deleted file's pages when its last descriptor closes, which for a gigabyte of page cache
+    /// takes a while, and it must not overlap the run measured next. Connections still open
+    /// after the load's clients left are cut after a second.
+    pub async fn stop(self) {
+        self.task.abort();
+        let conns: Vec<JoinHandle<()>> = self
+            .conns
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        for c in conns {
+            let abort = c.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(1), c)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        let paths: Vec<PathBuf> = self
+            .paths
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        // Deleting on a blocking thread: with the descriptors closed, the unlink frees the pages.
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+        })
+        .await;
     }
 
     /// Where it listens.
@@ -70,6 +116,11 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.task.abort();
+        if let Ok(conns) = self.conns.lock() {
+            for c in conns.iter() {
+                c.abort();
+            }
+        }
         if let Ok(paths) = self.paths.lock() {
             for p in paths.iter() {
                 let _ = std::fs::remove_file(p);
