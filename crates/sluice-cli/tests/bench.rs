@@ -80,6 +80,8 @@ fn produce_with_the_embedded_server_counts_every_record_and_cleans_up() {
     assert_eq!(u64_of(&v, "requests"), 12);
     assert_eq!(v["fsync"], "always");
     assert_eq!(v["server"], "embedded");
+    // By default the producers frame their own batches (`PutBatches`).
+    assert_eq!(v["framing"], "client");
     for key in [
         "records_per_sec",
         "mib_per_sec",
@@ -129,6 +131,8 @@ fn produce_with_a_baseline() {
         "100",
         "--keys",
         "10-distinct",
+        "--framing",
+        "server",
         "--fsync",
         "never",
         "--baseline",
@@ -140,6 +144,7 @@ fn produce_with_a_baseline() {
     assert_eq!(u64_of(&v, "records"), 2000);
     assert_eq!(v["fsync"], "never");
     assert_eq!(v["keys"], "10-distinct");
+    assert_eq!(v["framing"], "server");
     assert_eq!(u64_of(&v, "fsyncs"), 0);
     for key in [
         "baseline_dd_before_mib_per_sec",
@@ -323,6 +328,10 @@ fn usage_mistakes_are_refused_with_a_clear_message() {
             "--record-bytes must be at least 16",
         ),
         (&["bench", "produce", "--keys", "some"][..], "N-distinct"),
+        (
+            &["bench", "produce", "--framing", "both"][..],
+            "is not client or server",
+        ),
         (&["bench", "produce", "--batch", "0"][..], "--batch must be"),
         (
             &["bench", "produce", "--duration", "soon"][..],
