@@ -677,6 +677,14 @@ impl Broker {
         if batches.is_empty() {
             return Err(Error::EmptyPut);
         }
+        // Every batch holds at least one record: more batches than records allowed is refused
+        // before anything is reserved for them.
+        if batches.len() > self.options.put_records_max {
+            return Err(Error::TooManyRecords {
+                count: batches.len(),
+                max: self.options.put_records_max,
+            });
+        }
         let mut prepared = Vec::with_capacity(batches.len());
         for (index, b) in batches.into_iter().enumerate() {
             let batch = PreparedBatch::framed(b.batch, b.records_crc)

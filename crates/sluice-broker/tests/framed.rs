@@ -202,6 +202,15 @@ fn anything_wrong_with_any_batch_refuses_the_whole_request() {
         b.submit_batches("s", Vec::<FramedPut<BytesMut>>::new()),
         Err(Error::EmptyPut)
     ));
+    // More batches than records allowed, refused before any is looked at.
+    let one = route(&b, &records(1, "o"));
+    assert!(matches!(
+        b.submit_batches("s", framed(vec![one[0].clone(); 501])),
+        Err(Error::TooManyRecords {
+            count: 501,
+            max: 500
+        })
+    ));
     assert_eq!(ends(&b), before, "a refused request wrote something");
     // The good request still goes through.
     b.submit_batches("s", framed(good)).unwrap().wait().unwrap();

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::ErrorCode;
-use sluice_protocol::batch::{BatchAck, BatchBuilder, FramedBatch, RECORD_HEADER_LEN, hash_key};
+use sluice_protocol::batch::{
+    BatchAck, BatchBuilder, BatchError, FramedBatch, RECORD_HEADER_LEN, hash_key,
+};
 use sluice_protocol::message::{PutAck, PutRecord, StreamInfo};
 
 use crate::client::Client;
@@ -127,7 +129,14 @@ impl Client {
     /// at once that both meet a reshard may land in either order, as with a Kafka producer that
     /// has several requests in flight and retries; keep one call in flight per key when that
     /// matters. As with [`Client::put`], an error after the request was sent (a timeout, a lost
-    /// connection, `StorageUnavailable`) may leave some batches written.
+    /// connection, `StorageUnavailable`) may leave some batches written, and so may an error in
+    /// a later round after a reshard (the first round's batches stay written): a caller that
+    /// retries the whole call can store those records twice (at least once).
+    ///
+    /// The routing table is trusted for up to [`ROUTES_MAX_AGE`]: a stream deleted and created
+    /// again under the same name within that time reuses partition ids for other hash ranges, and
+    /// this client's records would land in a partition that does not own their keys (stored, but
+    /// out of order with the key's other records) until the table is refreshed.
     pub async fn put_routed(
         &self,
         stream: &str,
@@ -142,6 +151,12 @@ impl Client {
             let (batches, members) = frame(records, &hashes, &pending, &routes, stream)?;
             let answer = match self.put_batches(stream, batches).await {
                 Ok(a) => a,
+                // A closed partition that retention removed is gone from the stream: the table
+                // is stale, and the request wrote nothing, so route again once.
+                Err(e) if e.code() == Some(ErrorCode::PartitionNotFound) && !fresh => {
+                    fresh = true;
+                    continue;
+                }
                 Err(e) => {
                     // Whatever went wrong, the next call starts from a fresh description.
                     self.route_cache().forget(stream);
@@ -217,12 +232,18 @@ fn frame(
             .sum();
         let mut b = BatchBuilder::with_capacity(p, size);
         for r in indices.iter().filter_map(|i| records.get(*i)) {
-            b.push(&r.partition_key, &r.value)
-                .map_err(|e| ClientError::Server {
-                    code: ErrorCode::InvalidPartitionKey.as_u16(),
-                    kind: Some(ErrorCode::InvalidPartitionKey),
-                    message: e.to_string(),
-                })?;
+            // Refused here, before anything is sent, with the code the server would give.
+            b.push(&r.partition_key, &r.value).map_err(|e| {
+                let code = match e {
+                    BatchError::KeyTooLong { .. } => ErrorCode::InvalidPartitionKey,
+                    BatchError::TooLarge => ErrorCode::PutTooLarge,
+                };
+                ClientError::Server {
+                    code: code.as_u16(),
+                    kind: Some(code),
+                    message: format!("refused by the client: {e}"),
+                }
+            })?;
         }
         if let Some(batch) = b.finish() {
             batches.push(batch);

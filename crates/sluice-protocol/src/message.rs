@@ -1080,6 +1080,13 @@ pub fn put_record_count(body: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(*rest.first_chunk::<4>()?))
 }
 
+/// The batch count a `PutBatches` request body announces, read without decoding the batches (as
+/// [`put_record_count`] for `Put`). Every batch holds at least one record, so a count above the
+/// server's records-per-put limit can be refused before any memory is spent on it.
+pub fn put_batches_count(body: &[u8]) -> Option<u32> {
+    put_record_count(body)
+}
+
 /// Longest error message sent; longer ones are cut at a character boundary.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 4096;
 

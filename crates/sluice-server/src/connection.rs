@@ -273,14 +273,24 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         }
         // A put announcing more records than any put may hold is refused before its records are
         // decoded: decoding costs memory per record, far more than the record's wire bytes.
-        if kind == Kind::Put as u16 && greeted {
+        // The same for `PutBatches`: each batch holds at least one record, and decoding costs
+        // memory per batch.
+        if (kind == Kind::Put as u16 || kind == Kind::PutBatches as u16) && greeted {
             let max = shared.broker.options().put_records_max;
-            if let Some(count) = sluice_protocol::message::put_record_count(&body)
+            let (count, what) = if kind == Kind::Put as u16 {
+                (sluice_protocol::message::put_record_count(&body), "records")
+            } else {
+                (
+                    sluice_protocol::message::put_batches_count(&body),
+                    "batches",
+                )
+            };
+            if let Some(count) = count
                 && count as usize > max
             {
                 let e = ErrorResponse::new(
                     ErrorCode::TooManyRecords,
-                    format!("{count} records in one put exceeds the limit of {max}"),
+                    format!("{count} {what} in one put exceeds the limit of {max} records"),
                 );
                 let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
                 continue;

@@ -186,6 +186,14 @@ async fn a_damaged_batch_is_refused_and_nothing_is_written() {
     for p in 0..2 {
         assert!(read_all(&c, "s", p).await.is_empty());
     }
+    // More batches than a put may hold records is refused before the batches are decoded
+    // (each costs memory to decode, far more than its 12 bytes of wire).
+    let e = c
+        .put_batches("s", vec![good.clone(); 501])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TooManyRecords), "{e}");
+    assert!(e.to_string().contains("501 batches"), "{e}");
     // The connection is still good, and so is the good batch alone.
     let acks = c.put_batches("s", vec![good]).await.unwrap();
     assert_eq!(
