@@ -1134,7 +1134,14 @@ mod tests {
                     now += 1;
                     let ids: Vec<String> = g.members.keys().cloned().collect();
                     for id in &ids {
-                        g.touch(id, now).unwrap();
+                        // A member whose session ran out at the last step of the history (silent
+                        // for exactly its timeout, then one more millisecond here) is gone; the
+                        // rebalance drops it, and the others settle.
+                        if g.touch(id, now).is_err() {
+                            g.rebalance(&view, now);
+                            check(&g, &view, &mut epochs);
+                            continue;
+                        }
                         let give: Vec<_> = g
                             .leases_of(id)
                             .iter()
