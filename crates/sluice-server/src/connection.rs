@@ -357,26 +357,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 });
                 let _ = out_tx.send(encode_answer(kind, id, answer)).await;
             }
-            Request::Put { stream, records } => {
+            put @ (Request::Put { .. } | Request::PutBatches { .. }) => {
                 // Written in arrival order, before the next frame is read.
                 let started = Instant::now();
                 let sh = Arc::clone(&shared);
-                let written = on_pool(move || handler::submit_put(&sh, stream, records)).await;
-                answer_put(
-                    &shared,
-                    &out_tx,
-                    &mut requests,
-                    (kind, id),
-                    written,
-                    started,
-                    (permit, budget),
-                )
-                .await;
-            }
-            Request::PutBatches { stream, batches } => {
-                let started = Instant::now();
-                let sh = Arc::clone(&shared);
-                let written = on_pool(move || handler::submit_batches(&sh, stream, batches)).await;
+                let written = on_pool(move || handler::submit_write(&sh, put)).await;
                 answer_put(
                     &shared,
                     &out_tx,

@@ -270,6 +270,18 @@ impl WrittenPut {
     }
 }
 
+/// Writes a `Put` or a `PutBatches` request (see [`submit_put`] and [`submit_batches`]).
+pub(crate) fn submit_write(shared: &Shared, request: Request) -> Result<WrittenPut, ErrorResponse> {
+    match request {
+        Request::Put { stream, records } => submit_put(shared, stream, records),
+        Request::PutBatches { stream, batches } => submit_batches(shared, stream, batches),
+        other => Err(ErrorResponse::new(
+            ErrorCode::Internal,
+            format!("{:?} is not a put", other.kind()),
+        )),
+    }
+}
+
 /// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
 /// its acknowledgement. It blocks on disk I/O: the caller runs it on the blocking pool.
 pub(crate) fn submit_put(
