@@ -744,20 +744,10 @@ impl Broker {
                 if fault.is_some() {
                     return;
                 }
-                let bytes = key.len() + value.len();
-                if key.is_empty() || key.len() > PARTITION_KEY_BYTES_MAX {
-                    fault = Some(Error::InvalidPartitionKey {
-                        index,
-                        len: key.len(),
-                    });
-                } else if bytes > record_max {
-                    fault = Some(Error::RecordTooLarge {
-                        index,
-                        bytes,
-                        max: record_max,
-                    });
+                if let Err(e) = check_record(index, key.len(), value.len(), record_max) {
+                    fault = Some(e);
                 }
-                total += bytes;
+                total += key.len() + value.len();
                 index += 1;
             });
         }
@@ -787,19 +777,8 @@ impl Broker {
         let mut keys = Vec::with_capacity(records.len());
         let record_max = usize::try_from(s.meta.record_bytes_max).unwrap_or(usize::MAX);
         for (index, r) in records.iter().enumerate() {
-            let klen = r.partition_key.len();
-            if klen == 0 || klen > PARTITION_KEY_BYTES_MAX {
-                return Err(Error::InvalidPartitionKey { index, len: klen });
-            }
-            let bytes = klen + r.value.len();
-            if bytes > record_max {
-                return Err(Error::RecordTooLarge {
-                    index,
-                    bytes,
-                    max: record_max,
-                });
-            }
-            total += bytes;
+            check_record(index, r.partition_key.len(), r.value.len(), record_max)?;
+            total += r.partition_key.len() + r.value.len();
             keys.push(
                 r.explicit_hash_key
                     .unwrap_or_else(|| routing::hash_key(&r.partition_key)),
@@ -1340,6 +1319,26 @@ impl SubmittedPut {
             .collect();
         (pending, self.acks)
     }
+}
+
+/// The per-record rules of a put, plain or framed: a key of 1 to 256 bytes, and key and value
+/// within the stream's record limit.
+fn check_record(index: usize, key_len: usize, value_len: usize, record_max: usize) -> Result<()> {
+    if key_len == 0 || key_len > PARTITION_KEY_BYTES_MAX {
+        return Err(Error::InvalidPartitionKey {
+            index,
+            len: key_len,
+        });
+    }
+    let bytes = key_len + value_len;
+    if bytes > record_max {
+        return Err(Error::RecordTooLarge {
+            index,
+            bytes,
+            max: record_max,
+        });
+    }
+    Ok(())
 }
 
 /// One producer-framed batch for [`Broker::submit_batches`].
