@@ -13,12 +13,17 @@ use tracing::{info, warn};
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::batch::{PreparedBatch, StoredRecord, for_each_record};
-use crate::format::marker::{CleanMarker, SYNCED_MAGIC};
-use crate::format::{CLEAN_MARKER_NAME, CorruptionKind, FileKind, SYNCED_POINT_NAME, TEMP_SUFFIX};
+use crate::format::marker::{CleanMarker, RecoveryPoint, SYNCED_MAGIC};
+use crate::format::{
+    CLEAN_MARKER_NAME, CorruptionKind, FileKind, RECOVERY_POINT_NAME, SYNCED_POINT_NAME,
+    TEMP_SUFFIX,
+};
 use crate::io::{FileSystem, OpenMode, StdFs};
 use crate::options::{FsyncPolicy, LogOptions, ReadLimits, RetentionPolicy};
 use crate::scan::{BatchScanner, READ_CHUNK_BYTES};
-use crate::segment::{ActiveSegment, SealedSegment, write_indexes};
+use crate::segment::{
+    ActiveSegment, SealedSegment, Unflushed, file_path, write_indexes, write_indexes_unsynced,
+};
 
 /// A record to append: a partition key and a value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -110,11 +115,18 @@ const SYNC_SLOTS: usize = 2;
 
 #[derive(Debug, Default)]
 struct SyncState {
-    /// Which slots have an fdatasync running: slot 0 uses the active segment's `file`, slot 1
-    /// its `spare`.
-    busy: [bool; SYNC_SLOTS],
+    /// Which slots have an fdatasync running, and the base offset of the segment each syncs:
+    /// slot 0 uses that segment's `file`, slot 1 its `spare`.
+    busy: [Option<u64>; SYNC_SLOTS],
     /// The end offset the fsyncs in flight will make durable when they return.
     covering: u64,
+}
+
+#[derive(Debug, Default)]
+struct FlusherSignal {
+    stop: bool,
+    /// A roll left a sealed segment to flush.
+    rolled: bool,
 }
 
 #[derive(Debug)]
@@ -136,8 +148,24 @@ struct Shared {
     /// fsync latencies in power-of-two buckets of microseconds (see [`LogStats`]).
     fsync_latency: [AtomicU64; LATENCY_BUCKETS],
     rolls: AtomicU64,
-    /// Wakes the interval flusher early when the log closes.
-    stop: (Mutex<bool>, Condvar),
+    /// End offset of the newest sealed segment known to be on disk. Under the policies other
+    /// than [`FsyncPolicy::Always`] a roll does not fsync the segment it seals (an fsync of up
+    /// to a whole segment under the partition's lock would stall every producer of the
+    /// partition); the background flusher does, and sealed segments past this wait for it.
+    flushed_end: AtomicU64,
+    /// Base offset of the newest segment whose directory entry is known to be on disk. Under
+    /// the policies other than [`FsyncPolicy::Always`] a roll does not fsync the directory
+    /// either (that fsync can queue behind other partitions' flushes); the first fsync that
+    /// is to call records of the new segment durable does it first.
+    dir_synced_base: AtomicU64,
+    /// Serializes flushes of sealed segments (the background flusher, `sync`, `close`).
+    flush_lock: Mutex<()>,
+    /// The recovery point on disk, when the file exists: no sealed segment below it waits for a
+    /// flush. Written at open under the policies that roll without an fsync, and moved forward
+    /// as the flusher catches up.
+    recovery_point: Mutex<Option<u64>>,
+    /// Wakes the background flusher: to stop, or for a segment rolled without an fsync.
+    signal: (Mutex<FlusherSignal>, Condvar),
     /// The synced-point hint file and the end offset it last recorded.
     synced_hint: Mutex<(Option<Arc<dyn crate::io::FileHandle>>, u64)>,
 }
@@ -159,7 +187,9 @@ struct Shared {
 #[derive(Debug)]
 pub struct Log {
     shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
+    /// The background flusher: started at open under [`FsyncPolicy::Interval`], at the first
+    /// roll under [`FsyncPolicy::Never`], never under [`FsyncPolicy::Always`].
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Log {
@@ -182,6 +212,8 @@ impl Log {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let (state, end) = load(&*fs, &dir, &options)?;
+        // `load` leaves every sealed segment on disk and no recovery point.
+        let flushed_end = state.active.base_offset;
         let shared = Arc::new(Shared {
             dir,
             fs,
@@ -197,14 +229,33 @@ impl Log {
             fsyncs: AtomicU64::new(0),
             fsync_latency: std::array::from_fn(|_| AtomicU64::new(0)),
             rolls: AtomicU64::new(0),
-            stop: (Mutex::new(false), Condvar::new()),
+            flushed_end: AtomicU64::new(flushed_end),
+            dir_synced_base: AtomicU64::new(flushed_end),
+            flush_lock: Mutex::new(()),
+            recovery_point: Mutex::new(None),
+            signal: (Mutex::new(FlusherSignal::default()), Condvar::new()),
             synced_hint: Mutex::new((None, 0)),
         });
+        if shared.options.fsync != FsyncPolicy::Always {
+            // Rolls will leave sealed segments to the background flusher: the recovery point
+            // names the first that may wait for it. Written here, once, so that no roll waits
+            // for a file's fsync (which on some file systems queues behind other files' data).
+            shared.write_recovery_point(flushed_end)?;
+            *shared
+                .recovery_point
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(flushed_end);
+        }
         let flusher = match shared.options.fsync {
-            FsyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&shared), every)?),
+            FsyncPolicy::Interval(every) => {
+                Some(spawn_flusher(Arc::downgrade(&shared), Some(every))?)
+            }
             _ => None,
         };
-        Ok(Self { shared, flusher })
+        Ok(Self {
+            shared,
+            flusher: Mutex::new(flusher),
+        })
     }
 
     /// The partition directory.
@@ -247,12 +298,13 @@ impl Log {
         batch: &mut PreparedBatch<B>,
     ) -> Result<Written> {
         let shared = &*self.shared;
+        let mut rolled = false;
         let (base, end) = {
             let mut st = shared.lock_state()?;
             shared.check_writable()?;
             let now = shared.options.clock.now_ms();
             if shared.should_roll(&st.active, batch.len() as u64, batch.record_count(), now) {
-                shared.roll(&mut st)?;
+                rolled = shared.roll(&mut st)?;
             }
             let timestamp = now.max(st.last_timestamp_ms);
             let base = st.active.next_offset;
@@ -284,6 +336,9 @@ impl Log {
             st.last_timestamp_ms = timestamp;
             (base, st.active.next_offset)
         };
+        if rolled {
+            self.wake_flusher();
+        }
         shared.appends.fetch_add(1, Ordering::Relaxed);
         shared
             .records_appended
@@ -431,6 +486,7 @@ impl Log {
         now_ms: u64,
     ) -> Result<RetentionOutcome> {
         let shared = &*self.shared;
+        let mut rolled = false;
         let (removed, start_offset) = {
             let mut st = shared.lock_state()?;
             let a = &st.active;
@@ -442,7 +498,7 @@ impl Log {
                 .is_some_and(|age| now_ms.saturating_sub(a.max_timestamp_ms) > duration_ms(age));
             if !a.is_empty() && (aged || expired) {
                 shared.check_writable()?;
-                shared.roll(&mut st)?;
+                rolled = shared.roll(&mut st)?;
             }
             let mut n = 0;
             if let Some(age) = policy.max_age {
@@ -462,6 +518,9 @@ impl Log {
             let removed: Vec<_> = st.sealed.drain(..n).collect();
             (removed, st.start_offset())
         };
+        if rolled {
+            self.wake_flusher();
+        }
         // Unlink outside the lock. Readers holding a removed segment keep a valid file handle
         // and map: unlinking never truncates, so no live map can fault.
         let mut outcome = RetentionOutcome {
@@ -498,6 +557,10 @@ impl Log {
     pub fn close(mut self) -> Result<()> {
         self.stop_flusher();
         let shared = &*self.shared;
+        // The marker vouches for every segment: sealed ones still waiting for the background
+        // flush are flushed first.
+        let active_base = shared.lock_state()?.active.base_offset;
+        shared.flush_sealed(active_base)?;
         let st = shared.lock_state()?;
         shared.check_writable()?;
         let a = &st.active;
@@ -516,12 +579,30 @@ impl Log {
     }
 
     fn stop_flusher(&mut self) {
-        if let Some(handle) = self.flusher.take() {
-            let (lock, cv) = &self.shared.stop;
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let flusher = self.flusher.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = flusher.take() {
+            let (lock, cv) = &self.shared.signal;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
             cv.notify_all();
             // A panicking flusher has already logged; nothing more to do with its result.
             let _ = handle.join();
+        }
+    }
+
+    /// Hands a segment just rolled without an fsync to the background flusher, starting the
+    /// flusher if this log has none yet.
+    fn wake_flusher(&self) {
+        let (lock, cv) = &self.shared.signal;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).rolled = true;
+        cv.notify_all();
+        let mut flusher = self.flusher.lock().unwrap_or_else(|e| e.into_inner());
+        if flusher.is_none() {
+            match spawn_flusher(Arc::downgrade(&self.shared), None) {
+                Ok(handle) => *flusher = Some(handle),
+                // The segment stays unflushed until `sync` or `close`; recovery after a power
+                // loss checks it in full either way.
+                Err(e) => warn!(error = %e, "cannot start the background flusher"),
+            }
         }
     }
 }
@@ -538,27 +619,44 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn spawn_flusher(shared: Weak<Shared>, every: Duration) -> Result<JoinHandle<()>> {
+/// The background flusher of a log: flushes segments rolled without an fsync as soon as they
+/// are sealed and, given an interval (under [`FsyncPolicy::Interval`]), syncs the whole log at
+/// that interval.
+fn spawn_flusher(shared: Weak<Shared>, interval: Option<Duration>) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sluice-log-flush".into())
         .spawn(move || {
             loop {
                 let Some(s) = shared.upgrade() else { return };
-                {
-                    let (lock, cv) = &s.stop;
-                    let stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    let (stopped, _) = cv
-                        .wait_timeout_while(stopped, every, |stop| !*stop)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if *stopped {
+                let rolled = {
+                    let (lock, cv) = &s.signal;
+                    let signal = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let idle = |g: &mut FlusherSignal| !g.stop && !g.rolled;
+                    let mut signal = match interval {
+                        Some(every) => {
+                            cv.wait_timeout_while(signal, every, idle)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                        None => cv
+                            .wait_while(signal, idle)
+                            .unwrap_or_else(|e| e.into_inner()),
+                    };
+                    if signal.stop {
                         return;
                     }
-                }
-                let end = match s.lock_state() {
-                    Ok(st) => st.active.next_offset,
+                    std::mem::take(&mut signal.rolled)
+                };
+                let (active_base, end) = match s.lock_state() {
+                    Ok(st) => (st.active.base_offset, st.active.next_offset),
                     Err(_) => return,
                 };
-                if let Err(e) = s.wait_durable(end) {
+                let result = if rolled {
+                    s.flush_sealed(active_base)
+                } else {
+                    s.wait_durable(end)
+                };
+                if let Err(e) = result {
                     warn!(error = %e, "background flush failed; the log refuses writes");
                     return;
                 }
@@ -612,16 +710,22 @@ impl Shared {
             || a.next_offset - a.base_offset + u64::from(count) > u64::from(u32::MAX)
     }
 
-    /// Seals the active segment (data and indexes durable) and starts a new one. A failed
-    /// fsync poisons the log; a failure to create the new segment leaves the old one active.
-    fn roll(&self, st: &mut State) -> Result<()> {
+    /// Seals the active segment and starts a new one. Under [`FsyncPolicy::Always`] the sealed
+    /// data and indexes and the new segment's directory entry are fsynced here (group commit
+    /// has synced nearly all the data already). Under the other policies nothing is: the
+    /// background flusher fsyncs the sealed segment, and the recovery point, written at open and
+    /// moved only past flushed segments, is at or below it, so after a power loss recovery
+    /// checks it in full. Returns whether the segment was left to the flusher. A failed fsync
+    /// poisons the log; a failure to create the new segment leaves the old one active.
+    fn roll(&self, st: &mut State) -> Result<bool> {
+        let deferred = self.options.fsync != FsyncPolicy::Always;
         let a = &st.active;
-        {
+        if !deferred {
             // No group-commit fsync may run on the segment's descriptors beside this one (see
             // `ActiveSegment::spare`). Fsyncs in flight already hold what they sync, so they
             // finish without the state lock held here, and no new one starts without it.
             let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            while s.busy.iter().any(|b| *b) {
+            while s.busy.iter().any(Option::is_some) {
                 s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             // A slot's fsync may have failed while we waited. Its error was reported on this
@@ -632,12 +736,20 @@ impl Shared {
         }
         let mut index = a.index.clone();
         index.finish();
-        write_indexes(&*self.fs, &self.dir, a.base_offset, &index)?;
+        if deferred {
+            write_indexes_unsynced(&*self.fs, &self.dir, a.base_offset, &index)?;
+        } else {
+            write_indexes(&*self.fs, &self.dir, a.base_offset, &index)?;
+        }
         let sealed = SealedSegment::from_active(&*self.fs, &self.dir, a)?;
         let new_base = a.next_offset;
-        let next = match ActiveSegment::create(&*self.fs, &self.dir, new_base)
-            .and_then(|n| self.fs.sync_dir(&self.dir).at(&self.dir).map(|()| n))
-        {
+        let created = ActiveSegment::create(&*self.fs, &self.dir, new_base).and_then(|n| {
+            if !deferred {
+                self.sync_dir_for(new_base)?;
+            }
+            Ok(n)
+        });
+        let next = match created {
             Ok(n) => n,
             Err(e) => {
                 let path = self.dir.join(FileKind::Segment.file_name(new_base));
@@ -649,8 +761,90 @@ impl Shared {
         let old_end = st.active.next_offset;
         st.sealed.push(Arc::new(sealed));
         st.active = next;
-        self.mark_durable(old_end);
+        if !deferred {
+            self.flushed_end.fetch_max(old_end, Ordering::AcqRel);
+            self.mark_durable(old_end);
+        }
         self.rolls.fetch_add(1, Ordering::Relaxed);
+        Ok(deferred)
+    }
+
+    /// Makes the directory entries of every segment up to the one at `base` durable, unless an
+    /// earlier directory fsync already did. A failure poisons the log, as for data.
+    fn sync_dir_for(&self, base: u64) -> Result<()> {
+        if self.dir_synced_base.load(Ordering::Acquire) >= base {
+            return Ok(());
+        }
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            self.set_poison(format!("fsync of {} failed: {e}", self.dir.display()));
+            return Err(Error::io(&self.dir, e));
+        }
+        self.dir_synced_base.fetch_max(base, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn write_recovery_point(&self, offset: u64) -> Result<()> {
+        let path = self.dir.join(RECOVERY_POINT_NAME);
+        self.fs
+            .write_atomic(&path, &RecoveryPoint { offset }.encode())
+            .at(&path)
+    }
+
+    /// Flushes, oldest first, the sealed segments that a roll left unflushed and that end at or
+    /// before `upto`, then moves the recovery point past them.
+    fn flush_sealed(&self, upto: u64) -> Result<()> {
+        if self.flushed_end.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        let _serial = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let flushed = self.flushed_end.load(Ordering::Acquire);
+            let next = {
+                let st = self.lock_state()?;
+                st.sealed
+                    .iter()
+                    .find(|s| s.end_offset > flushed)
+                    .filter(|s| s.end_offset <= upto)
+                    .cloned()
+            };
+            let Some(segment) = next else { break };
+            {
+                // A group-commit fsync that began while the segment was active may still run
+                // on its descriptor; two fsyncs on one descriptor must not overlap (see
+                // `ActiveSegment::spare`). No new one can start: the segment is no longer active.
+                let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                while s.busy.contains(&Some(segment.base_offset)) {
+                    s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+                // If that fsync failed, its error will not be reported to us again.
+                self.check_writable()?;
+            }
+            self.fsync_data(&*segment.file, &segment.path)?;
+            for kind in [FileKind::OffsetIndex, FileKind::TimeIndex] {
+                let path = file_path(&self.dir, kind, segment.base_offset);
+                let file = self.fs.open(&path, OpenMode::Read).at(&path)?;
+                self.fsync_data(&*file, &path)?;
+            }
+            self.flushed_end
+                .fetch_max(segment.end_offset, Ordering::AcqRel);
+            self.mark_durable(segment.end_offset);
+        }
+        let flushed = self.flushed_end.load(Ordering::Acquire);
+        // The renames of the flushed segments' index files, and their successors' entries.
+        self.sync_dir_for(flushed)?;
+        let mut point = self
+            .recovery_point
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(offset) = *point
+            && offset < flushed
+        {
+            // A recovery point left behind only makes recovery check more segments in full.
+            match self.write_recovery_point(flushed) {
+                Ok(()) => *point = Some(flushed),
+                Err(e) => warn!(error = %e, "cannot move the recovery point forward"),
+            }
+        }
         Ok(())
     }
 
@@ -673,7 +867,7 @@ impl Shared {
                         return Ok(());
                     }
                     self.check_writable()?;
-                    if s.covering < target && s.busy.iter().any(|b| !*b) {
+                    if s.covering < target && s.busy.iter().any(Option::is_none) {
                         break;
                     }
                     s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -694,6 +888,10 @@ impl Shared {
                     },
                 )
             };
+            // The records below the active segment, and the active segment's name, must be on
+            // disk before an fsync of the active segment may call anything durable.
+            self.flush_sealed(point.active_base_offset)?;
+            self.sync_dir_for(point.active_base_offset)?;
             let slot = {
                 let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
                 // Another waiter's fsync may have covered us since we looked: then our records
@@ -706,9 +904,9 @@ impl Shared {
                 self.check_writable()?;
                 // Another waiter may have started an fsync covering us, or taken the last free
                 // slot, since we looked.
-                match s.busy.iter().position(|b| !*b) {
+                match s.busy.iter().position(Option::is_none) {
                     Some(slot) if s.covering < target => {
-                        s.busy[slot] = true;
+                        s.busy[slot] = Some(point.active_base_offset);
                         s.covering = s.covering.max(point.end_offset);
                         slot
                     }
@@ -720,7 +918,7 @@ impl Shared {
                 self.record_synced(point);
             }
             let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            s.busy[slot] = false;
+            s.busy[slot] = None;
             match result {
                 Ok(()) => {
                     self.durable_end
@@ -1027,6 +1225,24 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
         None
     };
 
+    // Sealed segments from the recovery point on may have been rolled without an fsync.
+    let point_path = dir.join(RECOVERY_POINT_NAME);
+    let recovery_point = if fs.exists(&point_path).at(&point_path)? {
+        let point = fs.read_all(&point_path).at(&point_path).and_then(|b| {
+            RecoveryPoint::decode(&b).map_err(|k| Error::corruption(&point_path, 0, k))
+        });
+        match point {
+            Ok(p) => Some(p.offset),
+            Err(e) => {
+                // A torn write of the file itself: any sealed segment may be unflushed.
+                warn!(error = %e, "unreadable recovery point; checking every sealed segment");
+                Some(0)
+            }
+        }
+    } else {
+        None
+    };
+
     let bases: Vec<u64> = segments.keys().copied().collect();
     let Some((&last_base, sealed_bases)) = bases.split_last() else {
         let active = ActiveSegment::create(fs, dir, 0)?;
@@ -1040,19 +1256,6 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
         return Ok((state, 0));
     };
 
-    let mut sealed: Vec<Arc<SealedSegment>> = Vec::with_capacity(sealed_bases.len());
-    for (i, &base) in sealed_bases.iter().enumerate() {
-        let next_base = bases.get(i + 1).copied().unwrap_or(last_base);
-        let s = SealedSegment::open(
-            fs,
-            dir,
-            base,
-            next_base,
-            options.recovery,
-            options.index_interval_bytes,
-        )?;
-        sealed.push(Arc::new(s));
-    }
     let last_path = dir.join(FileKind::Segment.file_name(last_base));
     let clean = match marker {
         Some(m)
@@ -1071,6 +1274,62 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
         }
         None => None,
     };
+    // A clean close flushed every segment; after a crash, those from the recovery point on are
+    // checked in full.
+    let unflushed_from = if clean.is_some() {
+        None
+    } else {
+        recovery_point
+    };
+    let mut last_base = last_base;
+    let mut sealed: Vec<Arc<SealedSegment>> = Vec::with_capacity(sealed_bases.len());
+    for (i, &base) in sealed_bases.iter().enumerate() {
+        let next_base = bases.get(i + 1).copied().unwrap_or(last_base);
+        if unflushed_from.is_some_and(|point| base >= point) {
+            match SealedSegment::open_unflushed(
+                fs,
+                dir,
+                base,
+                next_base,
+                options.recovery,
+                options.index_interval_bytes,
+            )? {
+                Unflushed::Whole(s) => {
+                    sealed.push(Arc::new(s));
+                    continue;
+                }
+                Unflushed::Torn(e) => {
+                    // The power went before this segment reached the disk: the log ends in it.
+                    // Every later segment follows a gap, so it goes, newest first; this segment
+                    // becomes the active one and is cut at the damage below.
+                    let later = bases.get(i + 1..).unwrap_or_default();
+                    warn!(
+                        error = %e,
+                        segments_removed = later.len(),
+                        "a segment sealed without an fsync is torn; cutting the log there"
+                    );
+                    for &b in later.iter().rev() {
+                        remove_segment_files(fs, dir, b, true)?;
+                        fs.sync_dir(dir).at(dir)?;
+                    }
+                    // Its index files describe bytes that are no longer all there.
+                    remove_segment_files(fs, dir, base, false)?;
+                    changed_dir = true;
+                    last_base = base;
+                    break;
+                }
+            }
+        }
+        let s = SealedSegment::open(
+            fs,
+            dir,
+            base,
+            next_base,
+            options.recovery,
+            options.index_interval_bytes,
+        )?;
+        sealed.push(Arc::new(s));
+    }
     let active = match clean {
         Some(m) if m.end_offset > last_base => {
             // A clean close left the last segment whole, fsynced and indexed. It is sealed, not
@@ -1110,6 +1369,13 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             )?
         }
     };
+    if recovery_point.is_some() && options.fsync == FsyncPolicy::Always {
+        // Every segment is on disk now, and no roll will leave one unflushed. The file goes
+        // only after the checks that needed it, so that a crash during recovery leads to the
+        // same checks again. (Under the other policies open writes a new one in its place.)
+        fs.remove_file(&point_path).at(&point_path)?;
+        changed_dir = true;
+    }
     if changed_dir {
         fs.sync_dir(dir).at(dir)?;
     }
@@ -1127,4 +1393,26 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
         },
         end,
     ))
+}
+
+/// Removes the index files of the segment at `base`, and with `segment` the segment file too.
+fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, base: u64, segment: bool) -> Result<()> {
+    let kinds: &[FileKind] = if segment {
+        &[
+            FileKind::TimeIndex,
+            FileKind::OffsetIndex,
+            FileKind::Segment,
+        ]
+    } else {
+        &[FileKind::TimeIndex, FileKind::OffsetIndex]
+    };
+    for kind in kinds {
+        let path = dir.join(kind.file_name(base));
+        match fs.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(())
 }

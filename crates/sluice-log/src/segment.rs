@@ -269,6 +269,84 @@ impl SealedSegment {
     }
 }
 
+/// What [`SealedSegment::open_unflushed`] found.
+#[derive(Debug)]
+pub(crate) enum Unflushed {
+    /// Every batch is whole and the segment ends where the next one begins: it is flushed and
+    /// indexed now.
+    Whole(SealedSegment),
+    /// The first damage found, or records missing at its end: the log ends in this segment.
+    Torn(Error),
+}
+
+impl SealedSegment {
+    /// Opens, after a crash, a sealed segment at or past the recovery point: one that may have
+    /// been sealed without its data reaching the disk. Its index may name bytes the disk never
+    /// got, so every batch is checked in full, as for the active segment. A whole segment is
+    /// flushed (its bytes may so far exist only in the page cache) and its indexes rewritten.
+    /// Damage is [`Unflushed::Torn`], or an error under `AbsoluteConsistency`.
+    pub fn open_unflushed(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        base_offset: u64,
+        next_base: u64,
+        mode: RecoveryMode,
+        index_interval: u32,
+    ) -> Result<Unflushed> {
+        let path = file_path(dir, FileKind::Segment, base_offset);
+        let file = fs.open(&path, OpenMode::ReadWrite).at(&path)?;
+        let len = file.len().at(&path)?;
+        let mut header = [0u8; FILE_HEADER_LEN];
+        let header = if len < FILE_HEADER_LEN as u64 {
+            Err(CorruptionKind::Truncated {
+                need: FILE_HEADER_LEN as u64,
+                have: len,
+            })
+        } else {
+            file.read_exact_at(&mut header, 0).at(&path)?;
+            decode_file_header(FileKind::Segment, base_offset, &header)
+        };
+        let torn = match header {
+            Err(kind) => Error::corruption(&path, 0, kind),
+            Ok(()) => {
+                let scan = scan_segment(&*file, &path, base_offset, len, None, index_interval)?;
+                if let Some(e) = scan.error {
+                    e
+                } else if scan.end_offset != next_base {
+                    Error::corruption(
+                        &path,
+                        scan.valid_len,
+                        CorruptionKind::MissingRecords {
+                            expected_end: next_base,
+                            found_end: scan.end_offset,
+                        },
+                    )
+                } else {
+                    file.sync_data().at(&path)?;
+                    let mut index = scan.index;
+                    index.finish();
+                    write_indexes(fs, dir, base_offset, &index)?;
+                    let (offset_index, time_index) = map_indexes(fs, dir, base_offset)?;
+                    return Ok(Unflushed::Whole(Self {
+                        base_offset,
+                        end_offset: next_base,
+                        len,
+                        max_timestamp_ms: scan.max_timestamp_ms,
+                        path,
+                        file,
+                        offset_index,
+                        time_index,
+                    }));
+                }
+            }
+        };
+        if mode == RecoveryMode::AbsoluteConsistency {
+            return Err(torn);
+        }
+        Ok(Unflushed::Torn(torn))
+    }
+}
+
 fn check_segment_header(
     file: &dyn FileHandle,
     path: &Path,
@@ -406,6 +484,39 @@ fn map_indexes(
         fs.map_readonly(&opath).at(&opath)?,
         fs.map_readonly(&tpath).at(&tpath)?,
     ))
+}
+
+/// Writes both index files of a segment in place of any old ones (temp file, rename) without an
+/// fsync, for a segment sealed without one: the caller's directory fsync makes the names
+/// durable and the background flusher the contents ([`sync_indexes`]). Until then the segment
+/// is at or past the recovery point, and recovery rebuilds these files.
+pub(crate) fn write_indexes_unsynced(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    index: &IndexBuilder,
+) -> Result<()> {
+    let files = [
+        (
+            file_path(dir, FileKind::OffsetIndex, base_offset),
+            index.encode_offsets(base_offset),
+        ),
+        (
+            file_path(dir, FileKind::TimeIndex, base_offset),
+            index.encode_times(base_offset),
+        ),
+    ];
+    for (path, bytes) in files {
+        let tmp = crate::io::temp_path(&path);
+        if fs.exists(&tmp).at(&tmp)? {
+            fs.remove_file(&tmp).at(&tmp)?;
+        }
+        fs.open(&tmp, OpenMode::CreateNew)
+            .and_then(|f| f.write_all_at(&bytes, 0))
+            .at(&tmp)?;
+        fs.rename(&tmp, &path).at(&path)?;
+    }
+    Ok(())
 }
 
 /// Writes both index files of a segment atomically (temp, fsync, rename, fsync dir).

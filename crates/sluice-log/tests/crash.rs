@@ -3,6 +3,10 @@
 //! what was synced (plus, by mode, a random prefix of unsynced bytes and garbage). After every
 //! crash: each record whose append returned under `FsyncPolicy::Always` is present byte for byte
 //! at its offset, the recovered log is a prefix of what was written, and the log takes writes.
+//!
+//! The same workload runs under `Never` and `Interval`, where rolls leave the sealed segment to
+//! the background flusher: there, every record covered by a `sync` (or an open, or a clean
+//! close) that returned survives, and whatever a power loss tore is cut off without a hole.
 
 mod common;
 
@@ -17,8 +21,12 @@ use sluice_log::io::sim::{CrashMode, SimFs};
 use sluice_log::{FsyncPolicy, Log, LogOptions, Record, RetentionPolicy};
 
 fn options(clock: Arc<ManualClock>) -> LogOptions {
+    options_with(clock, FsyncPolicy::Always)
+}
+
+fn options_with(clock: Arc<ManualClock>, fsync: FsyncPolicy) -> LogOptions {
     LogOptions::default()
-        .fsync(FsyncPolicy::Always)
+        .fsync(fsync)
         .segment_bytes_max(2048)
         .index_interval_bytes(200)
         .segment_age_max(Duration::from_secs(3600))
@@ -32,12 +40,16 @@ const MODES: [CrashMode; 3] = [
 ];
 
 /// One crash trial: returns how many appends were acknowledged before the crash.
-fn trial(seed: u64) -> usize {
+fn trial(seed: u64, fsync: FsyncPolicy) -> usize {
+    let always = fsync == FsyncPolicy::Always;
+    let options = |clock: Arc<ManualClock>| options_with(clock, fsync);
     let mut rng = SmallRng::seed_from_u64(seed);
     let fs = SimFs::new();
     let clock = ManualClock::new(1_000_000);
     let mut attempted: Vec<Record> = Vec::new(); // by offset
-    let mut acked_end;
+    // Every offset below this is durable: acknowledged under `Always`, covered by a returned
+    // `sync`, open or clean close under the other policies.
+    let mut acked_end = 0;
     let mut start = 0u64;
 
     // Some history first, closed cleanly or not, so crashes also hit a reopened log.
@@ -52,9 +64,12 @@ fn trial(seed: u64) -> usize {
             attempted.extend(batch);
             clock.advance(rng.gen_range(0..5_000));
         }
-        acked_end = attempted.len() as u64;
+        if always {
+            acked_end = attempted.len() as u64;
+        }
         if rng.gen_bool(0.5) {
             log.close().unwrap();
+            acked_end = attempted.len() as u64;
         }
     }
 
@@ -65,6 +80,8 @@ fn trial(seed: u64) -> usize {
     let mut acks = 0;
     let mut run = || -> Result<(), sluice_log::Error> {
         let log = Log::open_with_fs(Arc::new(fs.clone()), dir(), options(clock.clone()))?;
+        // Open leaves everything it recovered on disk.
+        acked_end = acked_end.max(log.end_offset());
         for _ in 0..200 {
             match rng.gen_range(0..10) {
                 0 => {
@@ -76,7 +93,11 @@ fn trial(seed: u64) -> usize {
                     let out = log.enforce_retention(policy, clock_now(&clock))?;
                     start = out.start_offset;
                 }
-                1 => log.sync()?,
+                1 => {
+                    let end = log.end_offset();
+                    log.sync()?;
+                    acked_end = acked_end.max(end);
+                }
                 _ => {
                     let n = rng.gen_range(1..8);
                     let base = log.end_offset();
@@ -87,13 +108,18 @@ fn trial(seed: u64) -> usize {
                     attempted.extend(batch.iter().cloned());
                     let got = log.append(&batch)?;
                     assert_eq!(got, base);
-                    acked_end = base + n;
+                    if always {
+                        acked_end = base + n;
+                    }
                     acks += 1;
                 }
             }
             clock.advance(rng.gen_range(0..2_000));
         }
-        log.close()
+        let end = log.end_offset();
+        log.close()?;
+        acked_end = end;
+        Ok(())
     };
     let result = run();
     if result.is_ok() {
@@ -110,7 +136,7 @@ fn trial(seed: u64) -> usize {
     let recovered_start = log.start_offset();
     assert!(
         end >= acked_end,
-        "seed {seed} ({mode:?}, crash at op {crash_at}): acknowledged up to {acked_end}, recovered up to {end}"
+        "seed {seed} ({fsync:?}, {mode:?}, crash at op {crash_at}): durable up to {acked_end}, recovered up to {end}"
     );
     assert!(
         end <= attempted.len() as u64,
@@ -150,12 +176,33 @@ fn acknowledged_records_survive_power_loss_at_random_points() {
     let trials = 600;
     let mut acks = 0;
     for seed in 0..trials {
-        acks += trial(seed);
+        acks += trial(seed, FsyncPolicy::Always);
     }
     // The crash points must land inside the workload, not all before it.
     assert!(
         acks > trials as usize * 5,
         "only {acks} acknowledged appends across trials"
+    );
+}
+
+/// Under the policies that roll without an fsync, a power loss may tear sealed segments the
+/// background flusher has not reached: recovery cuts the log at the first damage, with no hole,
+/// and keeps everything a returned `sync`, open or clean close covered.
+#[test]
+fn synced_records_survive_power_loss_when_rolls_leave_the_fsync_to_the_flusher() {
+    let trials = 400;
+    let mut acks = 0;
+    for seed in 0..trials {
+        let fsync = if seed % 2 == 0 {
+            FsyncPolicy::Never
+        } else {
+            FsyncPolicy::Interval(Duration::from_millis(1))
+        };
+        acks += trial(seed, fsync);
+    }
+    assert!(
+        acks > trials as usize * 5,
+        "only {acks} appends across trials"
     );
 }
 
@@ -218,4 +265,132 @@ fn concurrent_appenders_lose_nothing_acknowledged_at_a_crash() {
             );
         }
     }
+}
+
+/// A log of four segments rolled under `Never` and left without a clean close, with the second
+/// segment cut inside a batch, as a power loss leaves a segment the flusher never reached.
+/// Returns the file system, the records and the second segment's base offset and whole records.
+fn torn_second_segment(point: Option<u64>) -> (SimFs, Vec<Record>, u64, u64) {
+    let fs = SimFs::new();
+    let clock = ManualClock::new(1_000_000);
+    let log = open_sim(&fs, options_with(clock, FsyncPolicy::Never));
+    let mut records = Vec::new();
+    while log.segment_count() < 4 {
+        let r = record(records.len() as u64, 300);
+        log.append(std::slice::from_ref(&r)).unwrap();
+        records.push(r);
+    }
+    drop(log);
+    let segments = segment_files(&fs, &dir(), "log");
+    let second = &segments[1];
+    let base: u64 = second
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let next: u64 = segments[2]
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(next - base >= 3, "want a few batches in the torn segment");
+    // Keep the header and two whole one-record batches, then half of the third.
+    let bytes = fs.contents(second).unwrap();
+    let batch_len = (bytes.len() - 16) / (next - base) as usize;
+    fs.set_contents(second, bytes[..16 + 2 * batch_len + batch_len / 2].to_vec());
+    let point_path = dir().join(sluice_log::format::RECOVERY_POINT_NAME);
+    match point {
+        Some(offset) => fs.set_contents(
+            &point_path,
+            sluice_log::format::marker::RecoveryPoint { offset }
+                .encode()
+                .to_vec(),
+        ),
+        None => {
+            use sluice_log::io::FileSystem;
+            let _ = fs.remove_file(&point_path);
+        }
+    }
+    (fs, records, base, base + 2)
+}
+
+#[test]
+fn a_torn_segment_past_the_recovery_point_ends_the_log_there() {
+    // The point names the first segment that may be unflushed: the torn one, or an earlier one
+    // that proves whole.
+    for at_torn_segment in [false, true] {
+        let (fs, records, base, whole_end) = torn_second_segment(None);
+        let offset = if at_torn_segment { base } else { 0 };
+        let point_path = dir().join(sluice_log::format::RECOVERY_POINT_NAME);
+        let point = sluice_log::format::marker::RecoveryPoint { offset };
+        fs.set_contents(&point_path, point.encode().to_vec());
+        let clock = ManualClock::new(2_000_000);
+        let log = open_sim(&fs, options_with(clock.clone(), FsyncPolicy::Never));
+        assert_eq!(
+            log.end_offset(),
+            whole_end,
+            "cut after the last whole batch"
+        );
+        assert_eq!(
+            log.segment_count(),
+            2,
+            "the segments after the torn one are gone"
+        );
+        assert_eq!(segment_files(&fs, &dir(), "log").len(), 2);
+        assert!(
+            segment_files(&fs, &dir(), "index").len() <= 1,
+            "only the first segment keeps an index"
+        );
+        // Every segment is on disk again; the new point names the active segment, the cut one.
+        let written = fs
+            .contents(&point_path)
+            .expect("a recovery point under Never");
+        assert_eq!(
+            sluice_log::format::marker::RecoveryPoint::decode(&written),
+            Ok(sluice_log::format::marker::RecoveryPoint { offset: base })
+        );
+        let all = read_all(&log);
+        assert_eq!(all.len() as u64, whole_end);
+        for r in &all {
+            assert_same(r, r.offset, &records[r.offset as usize]);
+        }
+        // The log goes on from the cut, and a clean reopen agrees.
+        assert_eq!(log.append(&[Record::new("k", "after")]).unwrap(), whole_end);
+        log.close().unwrap();
+        let log = open_sim(&fs, options_with(clock, FsyncPolicy::Never));
+        assert_eq!(log.end_offset(), whole_end + 1);
+        assert_eq!(read_all(&log).len() as u64, whole_end + 1);
+    }
+}
+
+#[test]
+fn a_torn_segment_past_the_recovery_point_is_an_error_under_absolute_consistency() {
+    let (fs, ..) = torn_second_segment(Some(0));
+    let options = options_with(ManualClock::new(0), FsyncPolicy::Never)
+        .recovery(sluice_log::RecoveryMode::AbsoluteConsistency);
+    let err = Log::open_with_fs(Arc::new(fs.clone()), dir(), options).unwrap_err();
+    assert!(matches!(err, sluice_log::Error::Corruption { .. }), "{err}");
+    assert_eq!(
+        segment_files(&fs, &dir(), "log").len(),
+        4,
+        "nothing removed"
+    );
+}
+
+/// Without a recovery point every sealed segment was flushed when sealed, so damage inside one
+/// is damage to data that reached the disk: it is kept and reported, never cut quietly.
+#[test]
+fn damage_before_the_recovery_point_is_kept_and_reported() {
+    let (fs, _, base, whole_end) = torn_second_segment(None);
+    let log = open_sim(&fs, options_with(ManualClock::new(0), FsyncPolicy::Never));
+    assert_eq!(log.segment_count(), 4);
+    assert!(log.end_offset() > whole_end);
+    let err = log
+        .read_from(whole_end, sluice_log::ReadLimits::default())
+        .unwrap_err();
+    assert!(matches!(err, sluice_log::Error::Corruption { .. }), "{err}");
+    assert!(
+        log.read_from(base, sluice_log::ReadLimits::default())
+            .is_ok()
+    );
 }

@@ -35,6 +35,8 @@ pub const TIME_INDEX_SUFFIX: &str = "timeindex";
 pub const CLEAN_MARKER_NAME: &str = "clean-shutdown";
 /// Name of the synced-point hint inside a partition directory (see [`marker`]).
 pub const SYNCED_POINT_NAME: &str = "synced-point";
+/// Name of the recovery point inside a partition directory (see [`marker::RecoveryPoint`]).
+pub const RECOVERY_POINT_NAME: &str = "recovery-point";
 /// Suffix of temporary files written before an atomic rename.
 pub const TEMP_SUFFIX: &str = "tmp";
 
