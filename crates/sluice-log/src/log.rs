@@ -211,7 +211,7 @@ impl Log {
     ) -> Result<Self> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let (state, end) = load(&*fs, &dir, &options)?;
+        let (state, end, kept_point) = load(&*fs, &dir, &options)?;
         // `load` leaves every sealed segment on disk and no recovery point.
         let flushed_end = state.active.base_offset;
         let shared = Arc::new(Shared {
@@ -238,13 +238,21 @@ impl Log {
         });
         if shared.options.fsync != FsyncPolicy::Always {
             // Rolls will leave sealed segments to the background flusher: the recovery point
-            // names the first that may wait for it. Written here, once, so that no roll waits
-            // for a file's fsync (which on some file systems queues behind other files' data).
-            shared.write_recovery_point(flushed_end)?;
+            // names the first that may wait for it. Written here, so that no roll waits for a
+            // file's fsync (which on some file systems queues behind other files' data). One
+            // left by the last run is still right (open made every segment durable, and it is
+            // at or below the active segment) and is kept, sparing a write per partition.
+            let point = match kept_point {
+                Some(point) => point,
+                None => {
+                    shared.write_recovery_point(flushed_end)?;
+                    flushed_end
+                }
+            };
             *shared
                 .recovery_point
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(flushed_end);
+                .unwrap_or_else(|e| e.into_inner()) = Some(point);
         }
         let flusher = match shared.options.fsync {
             FsyncPolicy::Interval(every) => {
@@ -1169,9 +1177,14 @@ impl Cursor {
     }
 }
 
-/// Reads the directory and brings the log to a consistent state. Returns the state and the end
-/// offset (everything below it is durable once this returns).
-fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State, u64)> {
+/// Reads the directory and brings the log to a consistent state. Returns the state, the end
+/// offset (everything below it is durable once this returns), and the recovery point left on
+/// disk, if one is there, readable, and at or below the active segment.
+fn load(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    options: &LogOptions,
+) -> Result<(State, u64, Option<u64>)> {
     fs.create_dir_all_durable(dir).at(dir)?;
     let mut segments: BTreeMap<u64, [bool; 3]> = BTreeMap::new();
     let mut changed_dir = false;
@@ -1227,12 +1240,16 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
 
     // Sealed segments from the recovery point on may have been rolled without an fsync.
     let point_path = dir.join(RECOVERY_POINT_NAME);
+    let mut point_valid = None;
     let recovery_point = if fs.exists(&point_path).at(&point_path)? {
         let point = fs.read_all(&point_path).at(&point_path).and_then(|b| {
             RecoveryPoint::decode(&b).map_err(|k| Error::corruption(&point_path, 0, k))
         });
         match point {
-            Ok(p) => Some(p.offset),
+            Ok(p) => {
+                point_valid = Some(p.offset);
+                Some(p.offset)
+            }
             Err(e) => {
                 // A torn write of the file itself: any sealed segment may be unflushed.
                 warn!(error = %e, "unreadable recovery point; checking every sealed segment");
@@ -1253,7 +1270,7 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             active,
             last_timestamp_ms: 0,
         };
-        return Ok((state, 0));
+        return Ok((state, 0, None));
     };
 
     let last_path = dir.join(FileKind::Segment.file_name(last_base));
@@ -1369,12 +1386,14 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             )?
         }
     };
+    let mut kept_point = point_valid.filter(|p| *p <= last_base);
     if recovery_point.is_some() && options.fsync == FsyncPolicy::Always {
         // Every segment is on disk now, and no roll will leave one unflushed. The file goes
         // only after the checks that needed it, so that a crash during recovery leads to the
         // same checks again. (Under the other policies open writes a new one in its place.)
         fs.remove_file(&point_path).at(&point_path)?;
         changed_dir = true;
+        kept_point = None;
     }
     if changed_dir {
         fs.sync_dir(dir).at(dir)?;
@@ -1392,6 +1411,7 @@ fn load(fs: &dyn FileSystem, dir: &Path, options: &LogOptions) -> Result<(State,
             last_timestamp_ms,
         },
         end,
+        kept_point,
     ))
 }
 

@@ -5,7 +5,8 @@
 //! checks everything the format promises: every file header, every batch's CRC and record
 //! layout, offsets that continue without a gap from batch to batch and from segment to segment,
 //! timestamps that never go back, every index entry against the batch it names, and the
-//! clean-shutdown marker against the files.
+//! clean-shutdown marker against the files. Damage in a segment past the recovery point (one
+//! that may have been sealed without an fsync) is a torn tail that the next open cuts.
 //!
 //! Opening a log reads only what it needs (the active segment after a crash, and the one batch
 //! each sealed index names), so damage inside sealed data is found only when a reader reaches
@@ -25,9 +26,10 @@ use crate::format::index::{
     OFFSET_ENTRY_LEN, OffsetEntry, OffsetIndexView, TIME_ENTRY_LEN, TimeEntry, TimeIndexView,
     decode_offset_entries, decode_time_entries,
 };
-use crate::format::marker::CleanMarker;
+use crate::format::marker::{CleanMarker, RecoveryPoint};
 use crate::format::{
-    CLEAN_MARKER_NAME, CorruptionKind, FILE_HEADER_LEN, FileKind, decode_file_header,
+    CLEAN_MARKER_NAME, CorruptionKind, FILE_HEADER_LEN, FileKind, RECOVERY_POINT_NAME,
+    decode_file_header,
 };
 use crate::io::{FileSystem, OpenMode};
 use crate::scan::{BatchScanner, SCAN_CHUNK_BYTES, ScannedBatch};
@@ -186,6 +188,12 @@ pub enum Remedy {
     TailCut,
     /// The marker is ignored and the log is recovered as after a crash.
     MarkerIgnored,
+    /// A segment past the recovery point (sealed without an fsync, then torn by a power loss) is
+    /// cut back to the last whole batch before the damage, and every later segment is removed.
+    LogCut,
+    /// The recovery point is ignored: after a crash every sealed segment is checked in full, and
+    /// the log is cut at the first damage.
+    RecoveryPointIgnored,
 }
 
 impl ProblemKind {
@@ -243,6 +251,14 @@ impl fmt::Display for Remedy {
             Self::IndexRebuilt => "the next open rebuilds it from the segment data",
             Self::TailCut => "the next open cuts the active segment here, dropping what follows",
             Self::MarkerIgnored => "the next open ignores the marker and recovers as after a crash",
+            Self::LogCut => {
+                "the segment was sealed without an fsync: the next open cuts the log here and \
+                 removes the segments after it"
+            }
+            Self::RecoveryPointIgnored => {
+                "the next open checks every sealed segment in full and cuts the log at the first \
+                 damage"
+            }
         })
     }
 }
@@ -636,6 +652,38 @@ fn verify_partition(fs: &dyn FileSystem, dir: &Path, names: &[String], report: &
         MarkerState::Absent
     };
 
+    // After a crash, open checks the sealed segments from the recovery point on in full and cuts
+    // the log at the first damage among them; a trusted marker means a clean close flushed all.
+    let point_path = dir.join(RECOVERY_POINT_NAME);
+    let recovery_point = if names.iter().any(|n| n == RECOVERY_POINT_NAME) {
+        let point = fs
+            .read_all(&point_path)
+            .map_err(|e| Problem::unreadable(&point_path, &e))
+            .and_then(|b| {
+                RecoveryPoint::decode(&b).map_err(|k| {
+                    Problem::new(
+                        &point_path,
+                        0,
+                        ProblemKind::Corruption(k),
+                        Remedy::RecoveryPointIgnored,
+                    )
+                })
+            });
+        match point {
+            Ok(p) => Some(p.offset),
+            Err(problem) => {
+                marker_problems.push(problem);
+                Some(0)
+            }
+        }
+    } else {
+        None
+    };
+    let unflushed_from = match marker {
+        MarkerState::Trusted(_) => None,
+        _ => recovery_point,
+    };
+
     let mut previous_max_timestamp_ms = 0;
     let mut iter = bases.iter().peekable();
     while let Some(&(base, [_, has_offsets, has_times])) = iter.next() {
@@ -662,26 +710,38 @@ fn verify_partition(fs: &dyn FileSystem, dir: &Path, names: &[String], report: &
                 continue;
             }
         };
-        problems.extend(check.header);
+        // A sealed segment past the recovery point may be torn: open cuts the log in it.
+        let unflushed = sealed && unflushed_from.is_some_and(|point| base >= point);
+        let mut header = check.header;
+        if unflushed && let Some(p) = header.as_mut() {
+            p.remedy = Remedy::LogCut;
+        }
+        problems.extend(header);
         let complete = check.damage.is_none();
         if let Some(mut damage) = check.damage {
             // After a crash, open scans the active segment and cuts it at the first damage; a
-            // segment that is sealed, or vouched for by the marker, is never cut.
-            if !sealed && trusted.is_none() {
+            // segment that is sealed and flushed, or vouched for by the marker, is never cut.
+            if unflushed {
+                damage.remedy = Remedy::LogCut;
+            } else if !sealed && trusted.is_none() {
                 damage.remedy = Remedy::TailCut;
             }
             problems.push(damage);
         } else if let Some(next) = next_base
             && check.end_offset != next
         {
-            problems.push(Problem::corruption(
+            let mut missing = Problem::corruption(
                 &segment_path,
                 check.len,
                 CorruptionKind::MissingRecords {
                     expected_end: next,
                     found_end: check.end_offset,
                 },
-            ));
+            );
+            if unflushed {
+                missing.remedy = Remedy::LogCut;
+            }
+            problems.push(missing);
         }
         // Entries past a damaged batch cannot be checked, and a segment that is neither sealed
         // nor vouched for may carry index files from an earlier clean close that cover only its
@@ -1158,6 +1218,44 @@ mod tests {
                 remedy: Remedy::None,
             }]
         );
+    }
+
+    #[test]
+    fn damage_past_the_recovery_point_is_where_the_next_open_cuts_the_log() {
+        let fs = written(false);
+        let b = bases(&fs);
+        let path = seg(b[1]);
+        let last = *batches(&fs, b[1]).last().unwrap();
+        let bytes = fs.contents(&path).unwrap();
+        fs.set_contents(&path, bytes[..last.position as usize + 10].to_vec());
+        let point = dir().join(RECOVERY_POINT_NAME);
+        let remedies = |fs: &SimFs| -> Vec<(PathBuf, Remedy)> {
+            verify(fs)
+                .problems
+                .into_iter()
+                .filter(|p| p.path == path || p.path == point)
+                .map(|p| (p.path, p.remedy))
+                .collect()
+        };
+        // Past the point: a torn tail of a segment sealed without an fsync.
+        fs.set_contents(&point, RecoveryPoint { offset: b[1] }.encode().to_vec());
+        assert_eq!(remedies(&fs), vec![(path.clone(), Remedy::LogCut)]);
+        // Below it: damage to flushed data, which nothing repairs.
+        fs.set_contents(&point, RecoveryPoint { offset: b[2] }.encode().to_vec());
+        assert_eq!(remedies(&fs), vec![(path.clone(), Remedy::None)]);
+        // A damaged point counts every sealed segment as unflushed.
+        fs.set_contents(&point, b"SRCP".to_vec());
+        assert_eq!(
+            remedies(&fs),
+            vec![
+                (path.clone(), Remedy::LogCut),
+                (point.clone(), Remedy::RecoveryPointIgnored)
+            ]
+        );
+        // And the next open does what the report says.
+        let log = Log::open_with_fs(Arc::new(fs.clone()), dir(), LogOptions::default()).unwrap();
+        assert_eq!(log.end_offset(), last.base_offset);
+        assert_eq!(bases(&fs), b[..2].to_vec());
     }
 
     #[test]

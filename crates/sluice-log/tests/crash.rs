@@ -341,13 +341,14 @@ fn a_torn_segment_past_the_recovery_point_ends_the_log_there() {
             segment_files(&fs, &dir(), "index").len() <= 1,
             "only the first segment keeps an index"
         );
-        // Every segment is on disk again; the new point names the active segment, the cut one.
-        let written = fs
+        // Every segment is on disk again, so the point, at or below the active segment (the cut
+        // one), stays as it was until the flusher moves it.
+        let kept = fs
             .contents(&point_path)
             .expect("a recovery point under Never");
         assert_eq!(
-            sluice_log::format::marker::RecoveryPoint::decode(&written),
-            Ok(sluice_log::format::marker::RecoveryPoint { offset: base })
+            sluice_log::format::marker::RecoveryPoint::decode(&kept),
+            Ok(point)
         );
         let all = read_all(&log);
         assert_eq!(all.len() as u64, whole_end);
