@@ -81,7 +81,8 @@ pub struct LogStats {
     pub records_appended: u64,
     /// Bytes appended to segment files (batches with their headers), what reached the disk.
     pub bytes_appended: u64,
-    /// `fdatasync` calls on segment data (group commits, rolls and explicit syncs).
+    /// `fdatasync` calls on segment data and, for segments sealed without one, their index
+    /// files (group commits, rolls, background flushes and explicit syncs).
     pub fsyncs: u64,
     /// How long those took: bucket `i` counts fsyncs of `[2^i, 2^(i+1))` microseconds (bucket 0
     /// also holds those under a microsecond, the last everything longer).
@@ -201,8 +202,10 @@ impl Log {
     /// Opens the log through a given file system (the simulated one in tests).
     ///
     /// After a clean close, open trusts the clean-shutdown marker and the index files and reads
-    /// no segment data. After a crash it scans only the active segment: sealed segments were
-    /// fsynced when they were sealed. Each sealed segment's index is checked against the last
+    /// no segment data. After a crash it scans the active segment and, if the recovery point
+    /// names one, every sealed segment from there on (segments rolled without an fsync under
+    /// [`FsyncPolicy::Interval`] or [`FsyncPolicy::Never`]); the others were fsynced before the
+    /// recovery point passed them. Each sealed segment's index is checked against the last
     /// batch it names and rebuilt when that check fails.
     pub fn open_with_fs(
         fs: Arc<dyn FileSystem>,
@@ -212,7 +215,7 @@ impl Log {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let (state, end, kept_point) = load(&*fs, &dir, &options)?;
-        // `load` leaves every sealed segment on disk and no recovery point.
+        // `load` leaves every segment on disk, so no sealed segment waits for the flusher.
         let flushed_end = state.active.base_offset;
         let shared = Arc::new(Shared {
             dir,
@@ -494,8 +497,7 @@ impl Log {
         now_ms: u64,
     ) -> Result<RetentionOutcome> {
         let shared = &*self.shared;
-        let mut rolled = false;
-        let (removed, start_offset) = {
+        let active_base = {
             let mut st = shared.lock_state()?;
             let a = &st.active;
             let aged = a.first_timestamp_ms.is_some_and(|t| {
@@ -506,8 +508,17 @@ impl Log {
                 .is_some_and(|age| now_ms.saturating_sub(a.max_timestamp_ms) > duration_ms(age));
             if !a.is_empty() && (aged || expired) {
                 shared.check_writable()?;
-                rolled = shared.roll(&mut st)?;
+                shared.roll(&mut st)?;
             }
+            st.active.base_offset
+        };
+        // A segment is removed only once it is on disk: were an unflushed one unlinked, a power
+        // loss before the unlink reached the disk would bring it back torn, past the recovery
+        // point, and recovery would cut the log there, taking newer synced records with it.
+        // So the segments waiting for the background flusher are flushed here first.
+        shared.flush_sealed(active_base)?;
+        let (removed, start_offset) = {
+            let mut st = shared.lock_state()?;
             let mut n = 0;
             if let Some(age) = policy.max_age {
                 let age = duration_ms(age);
@@ -523,12 +534,12 @@ impl Log {
                     n += 1;
                 }
             }
+            // Segments rolled since the flush above wait for the next pass.
+            let flushed = shared.flushed_end.load(Ordering::Acquire);
+            n = n.min(st.sealed.partition_point(|s| s.end_offset <= flushed));
             let removed: Vec<_> = st.sealed.drain(..n).collect();
             (removed, st.start_offset())
         };
-        if rolled {
-            self.wake_flusher();
-        }
         // Unlink outside the lock. Readers holding a removed segment keep a valid file handle
         // and map: unlinking never truncates, so no live map can fault.
         let mut outcome = RetentionOutcome {
@@ -581,6 +592,11 @@ impl Log {
             active_base_offset: a.base_offset,
             active_len: a.len,
         };
+        if shared.options.fsync != FsyncPolicy::Always {
+            // Everything is on disk: the next open's active segment starts at the end, and a
+            // point naming it spares that open a write.
+            shared.write_recovery_point(a.next_offset)?;
+        }
         let path = shared.dir.join(CLEAN_MARKER_NAME);
         shared.fs.write_atomic(&path, &marker.encode()).at(&path)?;
         Ok(())
@@ -604,7 +620,9 @@ impl Log {
         lock.lock().unwrap_or_else(|e| e.into_inner()).rolled = true;
         cv.notify_all();
         let mut flusher = self.flusher.lock().unwrap_or_else(|e| e.into_inner());
-        if flusher.is_none() {
+        // A flusher that stopped (after a failed fsync poisoned the log, or a panic) is
+        // replaced; on a poisoned log the new one stops at its first failure again.
+        if flusher.as_ref().is_none_or(JoinHandle::is_finished) {
             match spawn_flusher(Arc::downgrade(&self.shared), None) {
                 Ok(handle) => *flusher = Some(handle),
                 // The segment stays unflushed until `sync` or `close`; recovery after a power
@@ -627,6 +645,9 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How soon the background flusher tries again after a flush failed without poisoning the log.
+const FLUSH_RETRY: Duration = Duration::from_secs(1);
+
 /// The background flusher of a log: flushes segments rolled without an fsync as soon as they
 /// are sealed and, given an interval (under [`FsyncPolicy::Interval`]), syncs the whole log at
 /// that interval.
@@ -634,13 +655,20 @@ fn spawn_flusher(shared: Weak<Shared>, interval: Option<Duration>) -> Result<Joi
     std::thread::Builder::new()
         .name("sluice-log-flush".into())
         .spawn(move || {
+            let mut retry = false;
             loop {
                 let Some(s) = shared.upgrade() else { return };
                 let rolled = {
                     let (lock, cv) = &s.signal;
                     let signal = lock.lock().unwrap_or_else(|e| e.into_inner());
                     let idle = |g: &mut FlusherSignal| !g.stop && !g.rolled;
-                    let mut signal = match interval {
+                    let wait = match (interval, retry) {
+                        (Some(every), true) => Some(every.min(FLUSH_RETRY)),
+                        (Some(every), false) => Some(every),
+                        (None, true) => Some(FLUSH_RETRY),
+                        (None, false) => None,
+                    };
+                    let mut signal = match wait {
                         Some(every) => {
                             cv.wait_timeout_while(signal, every, idle)
                                 .unwrap_or_else(|e| e.into_inner())
@@ -659,14 +687,21 @@ fn spawn_flusher(shared: Weak<Shared>, interval: Option<Duration>) -> Result<Joi
                     Ok(st) => (st.active.base_offset, st.active.next_offset),
                     Err(_) => return,
                 };
-                let result = if rolled {
+                let result = if rolled || retry {
                     s.flush_sealed(active_base)
                 } else {
                     s.wait_durable(end)
                 };
+                retry = false;
                 if let Err(e) = result {
-                    warn!(error = %e, "background flush failed; the log refuses writes");
-                    return;
+                    if s.check_writable().is_err() {
+                        warn!(error = %e, "background flush failed; the log refuses writes");
+                        return;
+                    }
+                    // Not a failed fsync (say, no file descriptor to spare): nothing is lost, and
+                    // the flush is tried again shortly.
+                    warn!(error = %e, "background flush failed; retrying");
+                    retry = true;
                 }
             }
         })
@@ -835,11 +870,12 @@ impl Shared {
             }
             self.flushed_end
                 .fetch_max(segment.end_offset, Ordering::AcqRel);
-            self.mark_durable(segment.end_offset);
         }
         let flushed = self.flushed_end.load(Ordering::Acquire);
-        // The renames of the flushed segments' index files, and their successors' entries.
+        // The renames of the flushed segments' index files, and their successors' entries;
+        // only then are their records durable.
         self.sync_dir_for(flushed)?;
+        self.mark_durable(flushed);
         let mut point = self
             .recovery_point
             .lock()
@@ -847,11 +883,12 @@ impl Shared {
         if let Some(offset) = *point
             && offset < flushed
         {
-            // A recovery point left behind only makes recovery check more segments in full.
-            match self.write_recovery_point(flushed) {
-                Ok(()) => *point = Some(flushed),
-                Err(e) => warn!(error = %e, "cannot move the recovery point forward"),
+            // Its write ends in fsyncs; a failed one poisons the log like any other.
+            if let Err(e) = self.write_recovery_point(flushed) {
+                self.set_poison(format!("writing the recovery point failed: {e}"));
+                return Err(e);
             }
+            *point = Some(flushed);
         }
         Ok(())
     }
@@ -881,26 +918,28 @@ impl Shared {
                     s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
             }
-            // What to sync is taken under the state lock before a slot is claimed: a roll holds
-            // the state lock while it waits for the slots to be idle.
-            let (files, path, point) = {
-                let st = self.lock_state()?;
-                let a = &st.active;
-                (
-                    [Arc::clone(&a.file), Arc::clone(&a.spare)],
-                    a.path.clone(),
-                    CleanMarker {
-                        end_offset: a.next_offset,
-                        active_base_offset: a.base_offset,
-                        active_len: a.len,
-                    },
-                )
-            };
             // The records below the active segment, and the active segment's name, must be on
             // disk before an fsync of the active segment may call anything durable.
-            self.flush_sealed(point.active_base_offset)?;
-            self.sync_dir_for(point.active_base_offset)?;
-            let slot = {
+            let base = self.lock_state()?.active.base_offset;
+            self.flush_sealed(base)?;
+            self.sync_dir_for(base)?;
+            // What to sync is taken, and the slot claimed, under the state lock: a roll cannot
+            // come in between and hand the segment to the flusher (or, under `Always`, fsync it
+            // itself) while this fsync is about to start on the same descriptor. A roll holds the
+            // state lock while it waits for the slots to be idle, and the flusher waits for any
+            // slot still syncing the segment it flushes.
+            let (files, path, point, slot) = {
+                let st = self.lock_state()?;
+                let a = &st.active;
+                if a.base_offset != base {
+                    // A roll since the flush above: flush what it sealed first.
+                    continue;
+                }
+                let point = CleanMarker {
+                    end_offset: a.next_offset,
+                    active_base_offset: a.base_offset,
+                    active_len: a.len,
+                };
                 let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
                 // Another waiter's fsync may have covered us since we looked: then our records
                 // are durable, whatever failed after.
@@ -912,14 +951,20 @@ impl Shared {
                 self.check_writable()?;
                 // Another waiter may have started an fsync covering us, or taken the last free
                 // slot, since we looked.
-                match s.busy.iter().position(Option::is_none) {
-                    Some(slot) if s.covering < target => {
-                        s.busy[slot] = Some(point.active_base_offset);
-                        s.covering = s.covering.max(point.end_offset);
-                        slot
-                    }
+                let slot = match s.busy.iter().position(Option::is_none) {
+                    Some(slot) if s.covering < target => slot,
                     _ => continue,
+                };
+                if let Some(busy) = s.busy.get_mut(slot) {
+                    *busy = Some(a.base_offset);
                 }
+                s.covering = s.covering.max(point.end_offset);
+                (
+                    [Arc::clone(&a.file), Arc::clone(&a.spare)],
+                    a.path.clone(),
+                    point,
+                    slot,
+                )
             };
             let result = self.fsync_data(&*files[slot], &path);
             if result.is_ok() {
@@ -1270,7 +1315,11 @@ fn load(
             active,
             last_timestamp_ms: 0,
         };
-        return Ok((state, 0, None));
+        if recovery_point.is_some() && options.fsync == FsyncPolicy::Always {
+            fs.remove_file(&point_path).at(&point_path)?;
+            fs.sync_dir(dir).at(dir)?;
+        }
+        return Ok((state, 0, point_valid.filter(|p| *p == 0)));
     };
 
     let last_path = dir.join(FileKind::Segment.file_name(last_base));
@@ -1299,6 +1348,7 @@ fn load(
         recovery_point
     };
     let mut last_base = last_base;
+    let mut cut_off: &[u64] = &[];
     let mut sealed: Vec<Arc<SealedSegment>> = Vec::with_capacity(sealed_bases.len());
     for (i, &base) in sealed_bases.iter().enumerate() {
         let next_base = bases.get(i + 1).copied().unwrap_or(last_base);
@@ -1317,21 +1367,15 @@ fn load(
                 }
                 Unflushed::Torn(e) => {
                     // The power went before this segment reached the disk: the log ends in it.
-                    // Every later segment follows a gap, so it goes, newest first; this segment
-                    // becomes the active one and is cut at the damage below.
+                    // It becomes the active segment and is cut at the damage below; every later
+                    // segment follows a gap, and goes once that cut has succeeded.
                     let later = bases.get(i + 1..).unwrap_or_default();
                     warn!(
                         error = %e,
                         segments_removed = later.len(),
                         "a segment sealed without an fsync is torn; cutting the log there"
                     );
-                    for &b in later.iter().rev() {
-                        remove_segment_files(fs, dir, b, true)?;
-                        fs.sync_dir(dir).at(dir)?;
-                    }
-                    // Its index files describe bytes that are no longer all there.
-                    remove_segment_files(fs, dir, base, false)?;
-                    changed_dir = true;
+                    cut_off = later;
                     last_base = base;
                     break;
                 }
@@ -1386,7 +1430,32 @@ fn load(
             )?
         }
     };
-    let mut kept_point = point_valid.filter(|p| *p <= last_base);
+    if !cut_off.is_empty() {
+        // The torn segment is cut and on disk. The segments after it go, newest first, each
+        // removal made durable before the next, so that a crash here leaves a contiguous run
+        // (and the recovery point, still there, leads to the same cut again). Its own index
+        // files describe bytes that are gone, and a synced-point hint naming a removed
+        // segment would apply to another one if a later segment took the same base offset.
+        for &b in cut_off.iter().rev() {
+            remove_segment_files(fs, dir, b, true)?;
+            fs.sync_dir(dir).at(dir)?;
+        }
+        remove_segment_files(fs, dir, last_base, false)?;
+        let hint_path = dir.join(SYNCED_POINT_NAME);
+        let hint_base = fs
+            .read_all(&hint_path)
+            .ok()
+            .and_then(|b| CleanMarker::decode_as(SYNCED_MAGIC, &b).ok())
+            .map(|h| h.active_base_offset);
+        if hint_base.is_some_and(|b| b > last_base) {
+            fs.remove_file(&hint_path).at(&hint_path)?;
+        }
+        changed_dir = true;
+    }
+    // A point naming the active segment is kept (a clean close writes it so); one further back
+    // would have the next crash recovery check, and cut at damage, segments this open has just
+    // made durable, so open writes a new one.
+    let mut kept_point = point_valid.filter(|p| *p == last_base);
     if recovery_point.is_some() && options.fsync == FsyncPolicy::Always {
         // Every segment is on disk now, and no roll will leave one unflushed. The file goes
         // only after the checks that needed it, so that a crash during recovery leads to the

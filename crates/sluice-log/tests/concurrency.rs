@@ -177,3 +177,67 @@ fn group_commit_overlaps_two_fsyncs_never_on_one_descriptor() {
         "the test rolls segments while syncing"
     );
 }
+
+/// Under `Never` a roll hands the sealed segment to the background flusher while `sync` calls
+/// may still be about to fsync it through a group-commit slot: the two must never run on one
+/// descriptor at once (one could report success over pages the other was told are lost).
+#[test]
+fn sync_and_the_background_flusher_never_fsync_one_descriptor_at_once() {
+    let counts = Arc::new(std::sync::Mutex::new(SyncCounts::default()));
+    let seen = Arc::clone(&counts);
+    let fs = Arc::new(SyncHookFs::new(move |id, sync| {
+        {
+            let mut c = seen.lock().unwrap();
+            let n = c.per_handle.entry(id).or_default();
+            *n += 1;
+            let on_this = *n;
+            c.most_on_one_handle = c.most_on_one_handle.max(on_this);
+        }
+        // Slow enough that rolls land while fsyncs run.
+        std::thread::sleep(std::time::Duration::from_millis(4));
+        let result = sync();
+        *seen.lock().unwrap().per_handle.entry(id).or_default() -= 1;
+        result
+    }));
+    // A slow directory fsync too: a `sync` makes a new segment's name durable before it fsyncs
+    // the segment, and rolls must be able to land in between.
+    fs.on_sync_dir(|_| std::thread::sleep(std::time::Duration::from_millis(4)));
+    let log = Arc::new(
+        Log::open_with_fs(
+            fs.clone(),
+            dir(),
+            LogOptions::default()
+                .fsync(FsyncPolicy::Never)
+                .segment_bytes_max(1 << 10),
+        )
+        .unwrap(),
+    );
+    const THREADS: u64 = 6;
+    const APPENDS: u64 = 40;
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..APPENDS {
+                    log.append(&[record(t * 1000 + i, 200)]).unwrap();
+                    if i % 2 == t % 2 {
+                        log.sync().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let counts = counts.lock().unwrap();
+    assert_eq!(
+        counts.most_on_one_handle, 1,
+        "two fsyncs shared a descriptor"
+    );
+    assert_eq!(read_all(&log).len() as u64, THREADS * APPENDS);
+    assert!(
+        log.stats().rolls > 10,
+        "the test rolls segments while syncing"
+    );
+}

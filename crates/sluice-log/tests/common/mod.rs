@@ -94,7 +94,14 @@ pub struct SyncHookFs {
     pub inner: SimFs,
     hook: Arc<SyncHook>,
     next_id: Arc<std::sync::atomic::AtomicUsize>,
+    /// Runs before each `remove_file`, with the path (see [`SyncHookFs::on_remove`]).
+    remove_hook: Arc<std::sync::Mutex<Option<RemoveHook>>>,
+    /// Runs before each directory fsync (see [`SyncHookFs::on_sync_dir`]).
+    dir_hook: Arc<std::sync::Mutex<Option<RemoveHook>>>,
 }
+
+/// What a [`SyncHookFs`] runs before removing a file.
+pub type RemoveHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 impl std::fmt::Debug for SyncHookFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +120,20 @@ impl SyncHookFs {
             inner: SimFs::new(),
             hook: Arc::new(hook),
             next_id: Arc::default(),
+            remove_hook: Arc::default(),
+            dir_hook: Arc::default(),
         }
+    }
+
+    /// Runs `hook` before every later directory fsync, on the syncing thread (to slow it down).
+    pub fn on_sync_dir(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.dir_hook.lock().unwrap() = Some(Arc::new(hook));
+    }
+
+    /// Runs `hook` before every later `remove_file`, on the removing thread: a test can act
+    /// between a segment leaving the log and its unlink.
+    pub fn on_remove(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.remove_hook.lock().unwrap() = Some(Arc::new(hook));
     }
 }
 
@@ -168,6 +188,10 @@ impl sluice_log::io::FileSystem for SyncHookFs {
         }))
     }
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        let hook = self.remove_hook.lock().unwrap().clone();
+        if let Some(hook) = hook {
+            hook(path);
+        }
         self.inner.remove_file(path)
     }
     fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
@@ -180,6 +204,10 @@ impl sluice_log::io::FileSystem for SyncHookFs {
         self.inner.rename(from, to)
     }
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let hook = self.dir_hook.lock().unwrap().clone();
+        if let Some(hook) = hook {
+            hook(dir);
+        }
         self.inner.sync_dir(dir)
     }
     fn exists(&self, path: &Path) -> std::io::Result<bool> {
