@@ -243,8 +243,8 @@ impl Log {
             // Rolls will leave sealed segments to the background flusher: the recovery point
             // names the first that may wait for it. Written here, so that no roll waits for a
             // file's fsync (which on some file systems queues behind other files' data). One
-            // left by the last run is still right (open made every segment durable, and it is
-            // at or below the active segment) and is kept, sparing a write per partition.
+            // that already names the active segment (as a clean close leaves it) is kept,
+            // sparing a write per partition.
             let point = match kept_point {
                 Some(point) => point,
                 None => {
@@ -623,7 +623,11 @@ impl Log {
         // A flusher that stopped (after a failed fsync poisoned the log, or a panic) is
         // replaced; on a poisoned log the new one stops at its first failure again.
         if flusher.as_ref().is_none_or(JoinHandle::is_finished) {
-            match spawn_flusher(Arc::downgrade(&self.shared), None) {
+            let interval = match self.shared.options.fsync {
+                FsyncPolicy::Interval(every) => Some(every),
+                _ => None,
+            };
+            match spawn_flusher(Arc::downgrade(&self.shared), interval) {
                 Ok(handle) => *flusher = Some(handle),
                 // The segment stays unflushed until `sync` or `close`; recovery after a power
                 // loss checks it in full either way.
@@ -883,12 +887,14 @@ impl Shared {
         if let Some(offset) = *point
             && offset < flushed
         {
-            // Its write ends in fsyncs; a failed one poisons the log like any other.
-            if let Err(e) = self.write_recovery_point(flushed) {
-                self.set_poison(format!("writing the recovery point failed: {e}"));
-                return Err(e);
+            // A point left behind is still right: every segment it names is whole on disk, and
+            // recovery only checks it again. So a failure (a full disk, say) is not a reason to
+            // refuse writes; the next flush tries again. Each attempt writes a new temporary
+            // file, so a failed fsync of one cannot hide lost pages of another.
+            match self.write_recovery_point(flushed) {
+                Ok(()) => *point = Some(flushed),
+                Err(e) => warn!(error = %e, "cannot move the recovery point forward; will retry"),
             }
-            *point = Some(flushed);
         }
         Ok(())
     }
@@ -1224,7 +1230,7 @@ impl Cursor {
 
 /// Reads the directory and brings the log to a consistent state. Returns the state, the end
 /// offset (everything below it is durable once this returns), and the recovery point left on
-/// disk, if one is there, readable, and at or below the active segment.
+/// disk, if one is there, readable, and naming the active segment.
 fn load(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -1434,28 +1440,31 @@ fn load(
         // The torn segment is cut and on disk. The segments after it go, newest first, each
         // removal made durable before the next, so that a crash here leaves a contiguous run
         // (and the recovery point, still there, leads to the same cut again). Its own index
-        // files describe bytes that are gone, and a synced-point hint naming a removed
-        // segment would apply to another one if a later segment took the same base offset.
+        // files describe bytes that are gone.
         for &b in cut_off.iter().rev() {
             remove_segment_files(fs, dir, b, true)?;
             fs.sync_dir(dir).at(dir)?;
         }
         remove_segment_files(fs, dir, last_base, false)?;
-        let hint_path = dir.join(SYNCED_POINT_NAME);
-        let hint_base = fs
-            .read_all(&hint_path)
-            .ok()
-            .and_then(|b| CleanMarker::decode_as(SYNCED_MAGIC, &b).ok())
-            .map(|h| h.active_base_offset);
-        if hint_base.is_some_and(|b| b > last_base) {
-            fs.remove_file(&hint_path).at(&hint_path)?;
-        }
+        changed_dir = true;
+    }
+    // A synced-point hint naming a segment past the last one was left by a cut (this one, or
+    // one a crash interrupted after its removals): it goes before any segment can take that
+    // base offset again.
+    let hint_path = dir.join(SYNCED_POINT_NAME);
+    let hint_base = fs
+        .read_all(&hint_path)
+        .ok()
+        .and_then(|b| CleanMarker::decode_as(SYNCED_MAGIC, &b).ok())
+        .map(|h| h.active_base_offset);
+    if hint_base.is_some_and(|b| b > active.base_offset) {
+        fs.remove_file(&hint_path).at(&hint_path)?;
         changed_dir = true;
     }
     // A point naming the active segment is kept (a clean close writes it so); one further back
     // would have the next crash recovery check, and cut at damage, segments this open has just
     // made durable, so open writes a new one.
-    let mut kept_point = point_valid.filter(|p| *p == last_base);
+    let mut kept_point = point_valid.filter(|p| *p == active.base_offset);
     if recovery_point.is_some() && options.fsync == FsyncPolicy::Always {
         // Every segment is on disk now, and no roll will leave one unflushed. The file goes
         // only after the checks that needed it, so that a crash during recovery leads to the
