@@ -296,17 +296,7 @@ impl SealedSegment {
         let path = file_path(dir, FileKind::Segment, base_offset);
         let file = fs.open(&path, OpenMode::ReadWrite).at(&path)?;
         let len = file.len().at(&path)?;
-        let mut header = [0u8; FILE_HEADER_LEN];
-        let header = if len < FILE_HEADER_LEN as u64 {
-            Err(CorruptionKind::Truncated {
-                need: FILE_HEADER_LEN as u64,
-                have: len,
-            })
-        } else {
-            file.read_exact_at(&mut header, 0).at(&path)?;
-            decode_file_header(FileKind::Segment, base_offset, &header)
-        };
-        let torn = match header {
+        let torn = match read_segment_header(&*file, &path, base_offset, len)? {
             Err(kind) => Error::corruption(&path, 0, kind),
             Ok(()) => {
                 let scan = scan_segment(&*file, &path, base_offset, len, None, index_interval)?;
@@ -347,6 +337,24 @@ impl SealedSegment {
     }
 }
 
+/// Reads and decodes a segment's file header: the outer error is I/O, the inner one damage.
+fn read_segment_header(
+    file: &dyn FileHandle,
+    path: &Path,
+    base_offset: u64,
+    len: u64,
+) -> Result<std::result::Result<(), CorruptionKind>> {
+    if len < FILE_HEADER_LEN as u64 {
+        return Ok(Err(CorruptionKind::Truncated {
+            need: FILE_HEADER_LEN as u64,
+            have: len,
+        }));
+    }
+    let mut header = [0u8; FILE_HEADER_LEN];
+    file.read_exact_at(&mut header, 0).at(path)?;
+    Ok(decode_file_header(FileKind::Segment, base_offset, &header))
+}
+
 fn check_segment_header(
     file: &dyn FileHandle,
     path: &Path,
@@ -354,17 +362,7 @@ fn check_segment_header(
     len: u64,
     mode: RecoveryMode,
 ) -> Result<()> {
-    let mut header = [0u8; FILE_HEADER_LEN];
-    let result = if len < FILE_HEADER_LEN as u64 {
-        Err(CorruptionKind::Truncated {
-            need: FILE_HEADER_LEN as u64,
-            have: len,
-        })
-    } else {
-        file.read_exact_at(&mut header, 0).at(path)?;
-        decode_file_header(FileKind::Segment, base_offset, &header)
-    };
-    match result {
+    match read_segment_header(file, path, base_offset, len)? {
         Ok(()) => Ok(()),
         Err(kind) if mode == RecoveryMode::AbsoluteConsistency => {
             Err(Error::corruption(path, 0, kind))
