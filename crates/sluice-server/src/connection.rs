@@ -7,12 +7,18 @@
 //! puts for a key keeps their order. At most `max_in_flight_per_connection` requests run at
 //! once; past that the reader stops reading, which pushes back on the client through TCP.
 //!
-//! A put's write runs on tokio's blocking pool, although it is usually a short copy into the page
-//! cache: it can block for long, on a segment roll (which fsyncs the sealed segment, up to
-//! `segment_bytes_max` of dirty data under `fsync=never`) or on the kernel throttling a writer far
-//! ahead of the disk, and a runtime thread blocked there would stall every connection it serves.
-//! Writing on the reader's thread instead measured no faster once producers frame their own
-//! batches (`PutBatches`). A put that is acknowledged as soon as it is written (any policy but
+//! Where a put's write runs depends on the fsync policy. Under `fsync=always` it runs on tokio's
+//! blocking pool: there a write can wait for long, at a segment roll, which fsyncs the sealed
+//! segment under the partition's lock, and a runtime thread blocked there would stall every
+//! connection it serves. Under every other policy no write waits for an fsync (a roll leaves the
+//! sealed segment to the log's background flusher), so the reader writes the put itself, on its
+//! own thread, right after reading it. That saves two thread wake-ups per put, and the bytes are
+//! copied into the page cache by the thread, and usually the core, that has just copied them off
+//! the socket, while they are still in its cache: a profile of `sluice bench produce --fsync
+//! never` counted a fifth less server CPU per put than with the pool (docs/benchmarks.md). What
+//! can still hold the reader's thread is the kernel throttling a writer that is far ahead of the
+//! disk; the put would wait for that anyway, and the runtime's other threads go on with other
+//! connections. A put that is acknowledged as soon as it is written (any policy but
 //! `fsync=always`) is answered at once, without a task of its own; the fsync waits of
 //! `fsync=always` run on the blocking pool and overlap with the puts that follow.
 
@@ -47,7 +53,8 @@ impl Outgoing {
     }
 }
 
-/// Runs a put's write on the blocking pool (see the module docs) and waits for it.
+/// Runs a put's write on the blocking pool (under `fsync=always`, see the module docs) and waits
+/// for it.
 async fn on_pool(
     write: impl FnOnce() -> Result<handler::WrittenPut, ErrorResponse> + Send + 'static,
 ) -> Result<handler::WrittenPut, ErrorResponse> {
@@ -360,8 +367,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
             put @ (Request::Put { .. } | Request::PutBatches { .. }) => {
                 // Written in arrival order, before the next frame is read.
                 let started = Instant::now();
-                let sh = Arc::clone(&shared);
-                let written = on_pool(move || handler::submit_write(&sh, put)).await;
+                let written = if shared.write_puts_inline {
+                    handler::submit_write(&shared, put)
+                } else {
+                    let sh = Arc::clone(&shared);
+                    on_pool(move || handler::submit_write(&sh, put)).await
+                };
                 answer_put(
                     &shared,
                     &out_tx,

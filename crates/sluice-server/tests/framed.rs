@@ -12,6 +12,7 @@ use sluice_client::{
     BatchBuilder, Client, ClientError, CreateStream, ErrorCode, PutRecord, ReadFrom, ReadRequest,
     WireRecord,
 };
+use sluice_log::FsyncPolicy;
 use sluice_server::{Server, ServerConfig};
 
 fn config() -> ServerConfig {
@@ -19,6 +20,12 @@ fn config() -> ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..ServerConfig::default()
     }
+}
+
+fn config_with(policy: FsyncPolicy) -> ServerConfig {
+    let mut c = config();
+    c.broker.log = c.broker.log.clone().fsync(policy);
+    c
 }
 
 async fn stream(c: &Client, name: &str, partitions: u32) {
@@ -68,47 +75,53 @@ async fn read_all(c: &Client, stream: &str, partition: u32) -> Vec<WireRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_puts_land_where_plain_puts_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), config()).await.unwrap();
-    let c = Client::connect(server.local_addr()).await.unwrap();
-    stream(&c, "s", 4).await;
-    let recs = records(300, "x");
-    let plain = c.put("s", recs[..150].to_vec()).await.unwrap();
-    let routed = c.put_routed("s", &recs[150..]).await.unwrap();
-    assert_eq!(routed.len(), 150);
-    // The same key goes to the same partition either way: the client's hash rule is the
-    // server's. (Records i and i + 150 share a key only when 150 is a multiple of 23; compare
-    // by key instead.)
-    let mut partition_of: BTreeMap<Bytes, u32> = BTreeMap::new();
-    for (r, a) in recs.iter().zip(plain.iter().chain(&routed)) {
-        let p = *partition_of
-            .entry(r.partition_key.clone())
-            .or_insert(a.partition);
-        assert_eq!(p, a.partition, "key {:?}", r.partition_key);
-    }
-    // Every acknowledgement points at its record, and offsets are contiguous per partition.
-    for p in 0..4 {
-        let stored = read_all(&c, "s", p).await;
-        for (i, r) in stored.iter().enumerate() {
-            assert_eq!(r.offset, i as u64);
+    // Under `always` the batches are written on the blocking pool, under `never` on the
+    // connection's thread: the same records land in the same places either way.
+    for policy in [FsyncPolicy::Always, FsyncPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), config_with(policy))
+            .await
+            .unwrap();
+        let c = Client::connect(server.local_addr()).await.unwrap();
+        stream(&c, "s", 4).await;
+        let recs = records(300, "x");
+        let plain = c.put("s", recs[..150].to_vec()).await.unwrap();
+        let routed = c.put_routed("s", &recs[150..]).await.unwrap();
+        assert_eq!(routed.len(), 150);
+        // The same key goes to the same partition either way: the client's hash rule is the
+        // server's. (Records i and i + 150 share a key only when 150 is a multiple of 23; compare
+        // by key instead.)
+        let mut partition_of: BTreeMap<Bytes, u32> = BTreeMap::new();
+        for (r, a) in recs.iter().zip(plain.iter().chain(&routed)) {
+            let p = *partition_of
+                .entry(r.partition_key.clone())
+                .or_insert(a.partition);
+            assert_eq!(p, a.partition, "{policy:?}: key {:?}", r.partition_key);
         }
-        for (rec, ack) in recs.iter().zip(plain.iter().chain(&routed)) {
-            if ack.partition == p {
-                let s = &stored[ack.offset as usize];
-                assert_eq!((&s.key, &s.value), (&rec.partition_key, &rec.value));
+        // Every acknowledgement points at its record, and offsets are contiguous per partition.
+        for p in 0..4 {
+            let stored = read_all(&c, "s", p).await;
+            for (i, r) in stored.iter().enumerate() {
+                assert_eq!(r.offset, i as u64);
+            }
+            for (rec, ack) in recs.iter().zip(plain.iter().chain(&routed)) {
+                if ack.partition == p {
+                    let s = &stored[ack.offset as usize];
+                    assert_eq!((&s.key, &s.value), (&rec.partition_key, &rec.value));
+                }
             }
         }
+        let stats = c.stats().await.unwrap();
+        let s = stats.streams.iter().find(|s| s.name == "s").unwrap();
+        assert_eq!(s.records_in, 300);
+        // Keys and values: "key-N" and "x:N:i" for each record, the same count either way.
+        let bytes: u64 = recs
+            .iter()
+            .map(|r| (r.partition_key.len() + r.value.len()) as u64)
+            .sum();
+        assert_eq!(s.bytes_in, bytes);
+        server.shutdown().await.unwrap();
     }
-    let stats = c.stats().await.unwrap();
-    let s = stats.streams.iter().find(|s| s.name == "s").unwrap();
-    assert_eq!(s.records_in, 300);
-    // Keys and values: "key-N" and "x:N:i" for each record, the same count either way.
-    let bytes: u64 = recs
-        .iter()
-        .map(|r| (r.partition_key.len() + r.value.len()) as u64)
-        .sum();
-    assert_eq!(s.bytes_in, bytes);
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

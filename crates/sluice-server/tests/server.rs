@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use sluice_log::FsyncPolicy;
 use sluice_protocol::ErrorCode;
 use sluice_protocol::frame::{FrameHeader, HEADER_LEN};
 use sluice_protocol::message::{
@@ -22,6 +23,22 @@ fn config() -> ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..ServerConfig::default()
     }
+}
+
+/// Every fsync policy: under `always` a put's write runs on the blocking pool, under the others
+/// on the connection's own thread, and both must keep the same promises.
+fn policies() -> [FsyncPolicy; 3] {
+    [
+        FsyncPolicy::Always,
+        FsyncPolicy::Interval(Duration::from_millis(5)),
+        FsyncPolicy::Never,
+    ]
+}
+
+fn config_with(policy: FsyncPolicy) -> ServerConfig {
+    let mut c = config();
+    c.broker.log = c.broker.log.clone().fsync(policy);
+    c
 }
 
 /// A minimal test client: writes frames, reads frames, no pipelining logic of its own.
@@ -174,31 +191,35 @@ async fn put_and_read_are_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_puts_keep_their_order_and_answers_match_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), config()).await.unwrap();
-    let mut c = Conn::open(server.local_addr()).await;
-    c.call(create("s", 4)).await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..100u32 {
-        let req = Request::Put {
-            stream: "s".into(),
-            records: vec![rec("same-key", i.to_le_bytes().to_vec())],
-        };
-        ids.push(c.send(&req).await);
+    for policy in policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), config_with(policy))
+            .await
+            .unwrap();
+        let mut c = Conn::open(server.local_addr()).await;
+        c.call(create("s", 4)).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..100u32 {
+            let req = Request::Put {
+                stream: "s".into(),
+                records: vec![rec("same-key", i.to_le_bytes().to_vec())],
+            };
+            ids.push(c.send(&req).await);
+        }
+        let mut offsets = std::collections::BTreeMap::new();
+        for _ in 0..100 {
+            let (id, answer) = c.recv().await.unwrap();
+            let Ok(Response::Put(acks)) = answer else {
+                panic!("put failed under {policy:?}: {answer:?}")
+            };
+            offsets.insert(id, acks[0].offset);
+        }
+        // The n-th pipelined put got the n-th offset of the key's partition.
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(offsets[id], n as u64, "{policy:?}");
+        }
+        server.shutdown().await.unwrap();
     }
-    let mut offsets = std::collections::BTreeMap::new();
-    for _ in 0..100 {
-        let (id, answer) = c.recv().await.unwrap();
-        let Ok(Response::Put(acks)) = answer else {
-            panic!("put failed: {answer:?}")
-        };
-        offsets.insert(id, acks[0].offset);
-    }
-    // The n-th pipelined put got the n-th offset of the key's partition.
-    for (n, id) in ids.iter().enumerate() {
-        assert_eq!(offsets[id], n as u64);
-    }
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,61 +686,68 @@ async fn storage_failures_and_corruption_are_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_producers_keep_per_key_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), config()).await.unwrap();
-    let addr = server.local_addr();
-    Conn::open(addr).await.call(create("s", 4)).await.unwrap();
-    let producers: Vec<_> = (0..100u32)
-        .map(|p| {
-            tokio::spawn(async move {
-                let mut c = Conn::open(addr).await;
-                // Each producer pipelines its puts, one key per producer, 10 sequence numbers.
-                for seq in 0..10u32 {
-                    let value = format!("{p}:{seq}");
-                    c.send(&Request::Put {
-                        stream: "s".into(),
-                        records: vec![rec(&format!("producer-{p}"), value)],
-                    })
-                    .await;
-                }
-                for _ in 0..10 {
-                    let (_, answer) = c.recv().await.unwrap();
-                    assert!(matches!(answer, Ok(Response::Put(_))), "{answer:?}");
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        p.await.unwrap();
-    }
-    let mut c = Conn::open(addr).await;
-    let mut by_key: std::collections::BTreeMap<Vec<u8>, Vec<u32>> = Default::default();
-    let mut total = 0;
-    for partition in 0..4 {
-        let Ok(Response::Read(r)) = c
-            .call(read_req("s", partition, ReadFrom::Earliest, 0))
+    for policy in policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), config_with(policy))
             .await
-        else {
-            panic!()
-        };
-        total += r.records.len();
-        for rec in r.records {
-            let v = String::from_utf8(rec.value.to_vec()).unwrap();
-            let seq: u32 = v.split(':').nth(1).unwrap().parse().unwrap();
-            by_key.entry(rec.key.to_vec()).or_default().push(seq);
+            .unwrap();
+        let addr = server.local_addr();
+        Conn::open(addr).await.call(create("s", 4)).await.unwrap();
+        let producers: Vec<_> = (0..100u32)
+            .map(|p| {
+                tokio::spawn(async move {
+                    let mut c = Conn::open(addr).await;
+                    // Each producer pipelines its puts, one key per producer, 10 sequence numbers.
+                    for seq in 0..10u32 {
+                        let value = format!("{p}:{seq}");
+                        c.send(&Request::Put {
+                            stream: "s".into(),
+                            records: vec![rec(&format!("producer-{p}"), value)],
+                        })
+                        .await;
+                    }
+                    for _ in 0..10 {
+                        let (_, answer) = c.recv().await.unwrap();
+                        assert!(
+                            matches!(answer, Ok(Response::Put(_))),
+                            "{policy:?}: {answer:?}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.await.unwrap();
         }
+        let mut c = Conn::open(addr).await;
+        let mut by_key: std::collections::BTreeMap<Vec<u8>, Vec<u32>> = Default::default();
+        let mut total = 0;
+        for partition in 0..4 {
+            let Ok(Response::Read(r)) = c
+                .call(read_req("s", partition, ReadFrom::Earliest, 0))
+                .await
+            else {
+                panic!()
+            };
+            total += r.records.len();
+            for rec in r.records {
+                let v = String::from_utf8(rec.value.to_vec()).unwrap();
+                let seq: u32 = v.split(':').nth(1).unwrap().parse().unwrap();
+                by_key.entry(rec.key.to_vec()).or_default().push(seq);
+            }
+        }
+        assert_eq!(total, 1000, "{policy:?}");
+        assert_eq!(by_key.len(), 100);
+        for (key, seqs) in by_key {
+            assert_eq!(
+                seqs,
+                (0..10).collect::<Vec<_>>(),
+                "{policy:?}: key {:?}",
+                String::from_utf8_lossy(&key)
+            );
+        }
+        server.shutdown().await.unwrap();
     }
-    assert_eq!(total, 1000);
-    assert_eq!(by_key.len(), 100);
-    for (key, seqs) in by_key {
-        assert_eq!(
-            seqs,
-            (0..10).collect::<Vec<_>>(),
-            "key {:?}",
-            String::from_utf8_lossy(&key)
-        );
-    }
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -873,5 +901,120 @@ async fn a_failing_partition_is_refused_alone_and_a_full_disk_recovers_without_r
     };
     let values: Vec<&[u8]> = r.records.iter().map(|r| r.value.as_ref()).collect();
     assert_eq!(values, vec![&b"1"[..], b"2", b"4"]);
+    server.shutdown().await.unwrap();
+}
+
+/// Under `never` and `interval` a connection writes its puts on its own thread, rolls included
+/// (a roll there leaves the fsync to the log's background flusher). Pipelined puts that roll
+/// every partition several times are acknowledged in order, and after a graceful or an abrupt
+/// stop of the server every acknowledged record is read back where its acknowledgement said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_that_roll_segments_on_the_connection_thread_survive_a_restart() {
+    for policy in [
+        FsyncPolicy::Interval(Duration::from_millis(5)),
+        FsyncPolicy::Never,
+    ] {
+        for graceful in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = config_with(policy);
+            config.broker.log = config.broker.log.clone().segment_bytes_max(2048);
+            let server = Server::start(dir.path(), config.clone()).await.unwrap();
+            let mut c = Conn::open(server.local_addr()).await;
+            c.call(create("s", 3)).await.unwrap();
+            let mut sent = std::collections::BTreeMap::new();
+            for i in 0..150u32 {
+                let value = format!("{i:04}-{}", "v".repeat(200));
+                let id = c
+                    .send(&Request::Put {
+                        stream: "s".into(),
+                        records: vec![rec(&format!("k{}", i % 7), value.clone())],
+                    })
+                    .await;
+                sent.insert(id, value);
+            }
+            let mut expected = Vec::new();
+            for _ in 0..150 {
+                let (id, answer) = c.recv().await.unwrap();
+                let Ok(Response::Put(acks)) = answer else {
+                    panic!("{policy:?}: {answer:?}")
+                };
+                expected.push((acks[0].partition, acks[0].offset, sent[&id].clone()));
+            }
+            // 150 records of over 200 bytes in 2 KiB segments: every partition rolled.
+            for p in 0..3 {
+                let segments = std::fs::read_dir(dir.path().join(format!("streams/s.0/{p}")))
+                    .unwrap()
+                    .filter(|e| {
+                        e.as_ref()
+                            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    })
+                    .count();
+                assert!(
+                    segments > 2,
+                    "{policy:?}: partition {p} has {segments} segments"
+                );
+            }
+            if graceful {
+                server.shutdown().await.unwrap();
+            } else {
+                server.abort().await;
+            }
+            let server = Server::start(dir.path(), config).await.unwrap();
+            let mut c = Conn::open(server.local_addr()).await;
+            for (p, o, v) in &expected {
+                let Ok(Response::Read(r)) =
+                    c.call(read_req("s", *p, ReadFrom::Offset(*o), 0)).await
+                else {
+                    panic!()
+                };
+                assert_eq!(
+                    r.records.first().map(|r| r.value.as_ref()),
+                    Some(v.as_bytes()),
+                    "{policy:?}, graceful {graceful}: partition {p} offset {o}"
+                );
+            }
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// A write that fails on the connection's thread (`never`: no blocking pool in between) is
+/// answered with a typed error, nothing half-written is served, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
+    use sluice_log::io::sim::SimFs;
+    use std::sync::Arc;
+
+    let fs = SimFs::new();
+    let options = sluice_broker::BrokerOptions {
+        log: sluice_log::LogOptions::default().fsync(FsyncPolicy::Never),
+        ..Default::default()
+    };
+    let broker =
+        sluice_broker::Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap();
+    let server = Server::start_with_broker(broker, config()).await.unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("b", 1)).await.unwrap();
+    let put = |v: &str| Request::Put {
+        stream: "b".into(),
+        records: vec![rec("k", v.to_owned())],
+    };
+    assert!(matches!(c.call(put("1")).await, Ok(Response::Put(_))));
+    // ENOSPC, with half the batch reaching the file.
+    fs.fail_writes(std::io::ErrorKind::StorageFull, true);
+    assert_eq!(
+        code(&c.call(put("2")).await),
+        Some(ErrorCode::StorageUnavailable)
+    );
+    fs.clear_write_error();
+    let Ok(Response::Put(acks)) = c.call(put("3")).await else {
+        panic!()
+    };
+    assert_eq!(acks[0].offset, 1);
+    let Ok(Response::Read(r)) = c.call(read_req("b", 0, ReadFrom::Earliest, 0)).await else {
+        panic!()
+    };
+    let values: Vec<&[u8]> = r.records.iter().map(|r| r.value.as_ref()).collect();
+    assert_eq!(values, vec![&b"1"[..], b"3"]);
     server.shutdown().await.unwrap();
 }
