@@ -736,6 +736,23 @@ impl Broker {
             });
         }
         let record_max = usize::try_from(s.meta.record_bytes_max).unwrap_or(usize::MAX);
+        // The sizes gathered when each batch was checked settle the usual case, where every
+        // record is within the limits, without a second walk over the records; only a put with
+        // a record over a limit is walked again, to name the first such record.
+        let fits = |z: sluice_log::RecordSizes| {
+            z.key_min > 0 && z.key_max <= PARTITION_KEY_BYTES_MAX && z.record_max <= record_max
+        };
+        if batches.clone().all(|b| fits(b.sizes())) {
+            let total: u64 = batches.map(|b| b.sizes().total).sum();
+            let total = usize::try_from(total).unwrap_or(usize::MAX);
+            if total > self.options.put_bytes_max {
+                return Err(Error::PutTooLarge {
+                    bytes: total,
+                    max: self.options.put_bytes_max,
+                });
+            }
+            return Ok(());
+        }
         let mut index = 0usize;
         let mut total = 0usize;
         let mut fault = None;

@@ -198,6 +198,21 @@ fn anything_wrong_with_any_batch_refuses_the_whole_request() {
         b.submit_batches("s", framed(vec![builder.finish().unwrap()])),
         Err(Error::RecordTooLarge { index: 0, .. })
     ));
+    // Records each within the limit whose batches together are over the put's 5 MiB.
+    let near_max = vec![7u8; (1 << 20) - 100];
+    let over: Vec<FramedBatch> = (0..2)
+        .map(|partition| {
+            let mut builder = BatchBuilder::new(partition);
+            for _ in 0..3 {
+                builder.push(b"k", &near_max).unwrap();
+            }
+            builder.finish().unwrap()
+        })
+        .collect();
+    assert!(matches!(
+        b.submit_batches("s", framed(over)),
+        Err(Error::PutTooLarge { bytes, max: 5_242_880 }) if bytes == 6 * ((1 << 20) - 99)
+    ));
     assert!(matches!(
         b.submit_batches("s", Vec::<FramedPut<BytesMut>>::new()),
         Err(Error::EmptyPut)

@@ -45,7 +45,7 @@ mod segment;
 pub mod verify;
 
 pub use error::{CorruptionKind, Error, Result};
-pub use format::batch::{FramedError, PreparedBatch, StoredRecord};
+pub use format::batch::{FramedError, PreparedBatch, RecordSizes, StoredRecord};
 pub use log::{LATENCY_BUCKETS, Log, LogStats, Record, RetentionOutcome, Written};
 pub use options::{
     Clock, FsyncPolicy, LogOptions, ReadLimits, RecoveryMode, RetentionPolicy, SystemClock,

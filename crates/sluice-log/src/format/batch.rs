@@ -267,6 +267,38 @@ pub struct PreparedBatch<B = Vec<u8>> {
     buf: B,
     records_crc: crc32fast::Hasher,
     record_count: u32,
+    sizes: RecordSizes,
+}
+
+/// Sizes of a batch's records, gathered while the batch is built or checked, so that limits on
+/// keys and records can be checked without walking the records a second time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSizes {
+    /// The shortest key, in bytes.
+    pub key_min: usize,
+    /// The longest key, in bytes.
+    pub key_max: usize,
+    /// The largest key plus value of a single record, in bytes.
+    pub record_max: usize,
+    /// Key and value bytes of all the records together.
+    pub total: u64,
+}
+
+impl RecordSizes {
+    /// Before the first record; a batch always holds at least one, which replaces `key_min`.
+    const NONE: Self = Self {
+        key_min: usize::MAX,
+        key_max: 0,
+        record_max: 0,
+        total: 0,
+    };
+
+    fn add(&mut self, key: usize, value: usize) {
+        self.key_min = self.key_min.min(key);
+        self.key_max = self.key_max.max(key);
+        self.record_max = self.record_max.max(key + value);
+        self.total += (key + value) as u64;
+    }
 }
 
 /// Why a producer-framed batch is refused (see [`PreparedBatch::framed`]).
@@ -337,6 +369,7 @@ impl PreparedBatch<Vec<u8>> {
         let mut buf = Vec::with_capacity(total);
         buf.resize(BATCH_HEADER_LEN, 0);
         let mut count: u32 = 0;
+        let mut sizes = RecordSizes::NONE;
         for (index, (key, value)) in iter.enumerate() {
             if key.len() > KEY_BYTES_MAX {
                 return Err(EncodeError::KeyTooLong {
@@ -350,6 +383,7 @@ impl PreparedBatch<Vec<u8>> {
             buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
             buf.extend_from_slice(key);
             buf.extend_from_slice(value);
+            sizes.add(key.len(), value.len());
             count += 1;
         }
         if count == 0 {
@@ -362,6 +396,7 @@ impl PreparedBatch<Vec<u8>> {
             buf,
             records_crc,
             record_count: count,
+            sizes,
         })
     }
 }
@@ -402,11 +437,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PreparedBatch<B> {
             }));
         }
         // With both timestamps zero, the walk also refuses any non-zero timestamp delta.
-        for_each_record(&header, bytes, |_| {}).map_err(FramedError::Layout)?;
+        let mut sizes = RecordSizes::NONE;
+        for_each_record(&header, bytes, |r| sizes.add(r.key.len(), r.value.len()))
+            .map_err(FramedError::Layout)?;
         Ok(Self {
             record_count: header.record_count,
             buf,
             records_crc: crc,
+            sizes,
         })
     }
 
@@ -429,6 +467,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PreparedBatch<B> {
     /// Number of records in the batch.
     pub fn record_count(&self) -> u32 {
         self.record_count
+    }
+
+    /// Sizes of its keys and records, gathered when it was built or checked.
+    pub fn sizes(&self) -> RecordSizes {
+        self.sizes
     }
 
     /// Encoded size of the whole batch.
@@ -562,6 +605,19 @@ mod tests {
         let (buf, crc) = framed_bytes(&records);
         let mut framed = PreparedBatch::framed(buf, crc).unwrap();
         assert_eq!(framed.record_count(), 3);
+        // Sizes gathered by the check, as by the encoder: keys of 2 bytes, "k1hello" the
+        // largest record, 14 key and value bytes in all.
+        let sizes = RecordSizes {
+            key_min: 2,
+            key_max: 2,
+            record_max: 7,
+            total: 14,
+        };
+        assert_eq!(framed.sizes(), sizes);
+        assert_eq!(
+            PreparedBatch::new(records.iter().copied()).unwrap().sizes(),
+            sizes
+        );
         let mut seen = Vec::new();
         framed.for_each_record(|k, v| seen.push((k.to_vec(), v.to_vec())));
         let expected: Vec<_> = records
@@ -797,6 +853,13 @@ mod tests {
             let refs: Vec<(&[u8], &[u8])> = records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
             let bytes = encode(&refs, base, ts);
             proptest::prop_assert_eq!(bytes.len() as u64, encoded_len(refs.iter().copied()));
+            // The sizes a framed batch's check gathers are the records' own.
+            let (buf, crc) = framed_bytes(&refs);
+            let sizes = PreparedBatch::framed(buf, crc).unwrap().sizes();
+            proptest::prop_assert_eq!(sizes.key_min, records.iter().map(|(k, _)| k.len()).min().unwrap());
+            proptest::prop_assert_eq!(sizes.key_max, records.iter().map(|(k, _)| k.len()).max().unwrap());
+            proptest::prop_assert_eq!(sizes.record_max, records.iter().map(|(k, v)| k.len() + v.len()).max().unwrap());
+            proptest::prop_assert_eq!(sizes.total, records.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>());
             let (h, decoded) = decode(&bytes).unwrap();
             proptest::prop_assert_eq!(h.base_offset, base);
             proptest::prop_assert_eq!(decoded.len(), records.len());
