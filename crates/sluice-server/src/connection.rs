@@ -7,20 +7,19 @@
 //! puts for a key keeps their order. At most `max_in_flight_per_connection` requests run at
 //! once; past that the reader stops reading, which pushes back on the client through TCP.
 //!
-//! Where a put's write runs depends on the fsync policy. Under `fsync=always` it runs on tokio's
-//! blocking pool: there a write can wait for long, at a segment roll, which fsyncs the sealed
-//! segment under the partition's lock, and a runtime thread blocked there would stall every
-//! connection it serves. Under every other policy no write waits for an fsync (a roll leaves the
-//! sealed segment to the log's background flusher), so the reader writes the put itself, on its
-//! own thread, right after reading it. That saves two thread wake-ups per put, and the bytes are
-//! copied into the page cache by the thread, and usually the core, that has just copied them off
-//! the socket, while they are still in its cache: a profile of `sluice bench produce --fsync
-//! never` counted a fifth less server CPU per put than with the pool (docs/benchmarks.md). What
-//! can still hold the reader's thread is the kernel throttling a writer that is far ahead of the
-//! disk; the put would wait for that anyway, and the runtime's other threads go on with other
-//! connections. A put that is acknowledged as soon as it is written (any policy but
-//! `fsync=always`) is answered at once, without a task of its own; the fsync waits of
-//! `fsync=always` run on the blocking pool and overlap with the puts that follow.
+//! A put's write runs on tokio's blocking pool under every fsync policy, although it is usually a
+//! short copy into the page cache. It can block for long: under `fsync=always` on a segment roll
+//! (which fsyncs the sealed segment under the partition's lock), under every policy on the
+//! kernel throttling a writer far ahead of the disk, or on a split or merge holding the
+//! partition. A runtime thread blocked there stalls more than its own connection: tasks queued
+//! on it wait, and while the other threads sleep nobody polls for I/O, so other connections go
+//! unanswered until the write returns (`tests/server.rs`, `writes_held_by_the_kernel...`, shows
+//! it). Writing on the reader's thread under `never` measured about a sixth less server CPU
+//! per put, and `block_in_place`, which hands the thread's tasks over first, cost more than the
+//! pool (docs/benchmarks.md); so the pool it is. A put that is acknowledged as soon as it is
+//! written (any policy but `fsync=always`) is answered at once, without a task of its own; the
+//! fsync waits of `fsync=always` run on the blocking pool and overlap with the puts that
+//! follow.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,8 +52,7 @@ impl Outgoing {
     }
 }
 
-/// Runs a put's write on the blocking pool (under `fsync=always`, see the module docs) and waits
-/// for it.
+/// Runs a put's write on the blocking pool (see the module docs) and waits for it.
 async fn on_pool(
     write: impl FnOnce() -> Result<handler::WrittenPut, ErrorResponse> + Send + 'static,
 ) -> Result<handler::WrittenPut, ErrorResponse> {
@@ -367,12 +365,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
             put @ (Request::Put { .. } | Request::PutBatches { .. }) => {
                 // Written in arrival order, before the next frame is read.
                 let started = Instant::now();
-                let written = if shared.write_puts_inline {
-                    handler::submit_write(&shared, put)
-                } else {
-                    let sh = Arc::clone(&shared);
-                    on_pool(move || handler::submit_write(&sh, put)).await
-                };
+                let sh = Arc::clone(&shared);
+                let written = on_pool(move || handler::submit_write(&sh, put)).await;
                 answer_put(
                     &shared,
                     &out_tx,

@@ -1,7 +1,7 @@
 //! Executes requests against the broker. Broker calls block (disk I/O, fsync), so each runs on
 //! tokio's blocking pool; a dropped request future does not cancel a write already handed there.
-//! A put's write is done by the connection's reader, which keeps puts in order: on the pool
-//! under `fsync=always`, on the reader's own thread otherwise (see `connection.rs`).
+//! A put's write is handed to the pool by the connection's reader, which keeps puts in order
+//! (see `connection.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,8 +283,7 @@ pub(crate) fn submit_write(shared: &Shared, request: Request) -> Result<WrittenP
 }
 
 /// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
-/// its acknowledgement. It blocks on disk I/O: under `fsync=always` the caller runs it on the
-/// blocking pool, since a segment roll there fsyncs.
+/// its acknowledgement. It blocks on disk I/O: the caller runs it on the blocking pool.
 pub(crate) fn submit_put(
     shared: &Shared,
     stream: String,

@@ -48,10 +48,6 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     pub stats: Stats,
     pub notify: Notifier,
-    /// Whether a connection writes its puts on its own thread rather than on the blocking pool:
-    /// under every policy but `fsync=always`, where a write never waits for an fsync (see
-    /// `connection.rs`).
-    pub write_puts_inline: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -108,10 +104,7 @@ impl Server {
             warn!("fsync=never: acknowledged data may be lost on power failure");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let write_puts_inline =
-            broker.options().log.fsync_policy() != sluice_log::FsyncPolicy::Always;
         let shared = Arc::new(Shared {
-            write_puts_inline,
             broker: Arc::new(broker),
             config,
             stats: Stats::new(),

@@ -75,8 +75,7 @@ async fn read_all(c: &Client, stream: &str, partition: u32) -> Vec<WireRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_puts_land_where_plain_puts_do() {
-    // Under `always` the batches are written on the blocking pool, under `never` on the
-    // connection's thread: the same records land in the same places either way.
+    // Under `always` and `never` alike the same records land in the same places.
     for policy in [FsyncPolicy::Always, FsyncPolicy::Never] {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(dir.path(), config_with(policy))

@@ -25,8 +25,8 @@ fn config() -> ServerConfig {
     }
 }
 
-/// Every fsync policy: under `always` a put's write runs on the blocking pool, under the others
-/// on the connection's own thread, and both must keep the same promises.
+/// Every fsync policy: each acknowledges at a different point, and a roll fsyncs only under
+/// `always`, so each must keep the same promises.
 fn policies() -> [FsyncPolicy; 3] {
     [
         FsyncPolicy::Always,
@@ -904,12 +904,12 @@ async fn a_failing_partition_is_refused_alone_and_a_full_disk_recovers_without_r
     server.shutdown().await.unwrap();
 }
 
-/// Under `never` and `interval` a connection writes its puts on its own thread, rolls included
-/// (a roll there leaves the fsync to the log's background flusher). Pipelined puts that roll
-/// every partition several times are acknowledged in order, and after a graceful or an abrupt
-/// stop of the server every acknowledged record is read back where its acknowledgement said.
+/// Under `never` and `interval` a roll leaves its fsync to the log's background flusher.
+/// Pipelined puts that roll every partition several times are acknowledged in order, and after a
+/// graceful or an abrupt stop of the server every acknowledged record is read back where its
+/// acknowledgement said.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn puts_that_roll_segments_on_the_connection_thread_survive_a_restart() {
+async fn puts_that_roll_segments_without_an_fsync_survive_a_restart() {
     for policy in [
         FsyncPolicy::Interval(Duration::from_millis(5)),
         FsyncPolicy::Never,
@@ -978,8 +978,8 @@ async fn puts_that_roll_segments_on_the_connection_thread_survive_a_restart() {
     }
 }
 
-/// A write that fails on the connection's thread (`never`: no blocking pool in between) is
-/// answered with a typed error, nothing half-written is served, and the connection goes on.
+/// Under `never` too, a write that fails (a full disk, half the batch written) is answered
+/// with a typed error, nothing half-written is served, and the connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
     use sluice_log::io::sim::SimFs;
@@ -1016,5 +1016,92 @@ async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
     };
     let values: Vec<&[u8]> = r.records.iter().map(|r| r.value.as_ref()).collect();
     assert_eq!(values, vec![&b"1"[..], b"3"]);
+    server.shutdown().await.unwrap();
+}
+
+/// A write the kernel holds (here: the simulated file system holds every write to one stream)
+/// holds the thread that makes it. Two such writes at once, on a runtime of two threads, must
+/// still leave other connections answered: puts are written on the blocking pool, never on the
+/// runtime's own threads. (Writing them on the reader's thread fails this test: with one thread
+/// held and the other asleep, nobody polls for I/O.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
+    use sluice_log::io::sim::SimFs;
+    use std::sync::Arc;
+
+    let fs = SimFs::new();
+    let options = sluice_broker::BrokerOptions {
+        log: sluice_log::LogOptions::default().fsync(FsyncPolicy::Never),
+        ..Default::default()
+    };
+    let broker =
+        sluice_broker::Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap();
+    let server = Server::start_with_broker(broker, config()).await.unwrap();
+    let addr = server.local_addr();
+    let mut admin = Conn::open(addr).await;
+    admin.call(create("a", 2)).await.unwrap();
+    admin.call(create("b", 1)).await.unwrap();
+
+    // Every write to stream a's partitions now waits until released.
+    fs.scope_faults(Some(std::path::Path::new("/data/streams/a.0")));
+    fs.hold_writes();
+    let put_to = |partition_hash: u128| Request::Put {
+        stream: "a".into(),
+        records: vec![PutRecord {
+            partition_key: Bytes::from_static(b"k"),
+            explicit_hash_key: Some(partition_hash),
+            value: Bytes::from_static(b"held"),
+        }],
+    };
+    // One put for each of a's two partitions, from two connections: both writes are held.
+    let mut first = Conn::open(addr).await;
+    let mut second = Conn::open(addr).await;
+    first.send(&put_to(0)).await;
+    second.send(&put_to(u128::MAX)).await;
+    if !fs.wait_for_held_writes(2, Duration::from_secs(30)) {
+        fs.release_writes();
+        panic!("the two puts never reached the disk");
+    }
+
+    // Another connection, from a runtime of its own so that it does not depend on the server's
+    // threads, is still answered.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut c = Conn::open(addr).await;
+            let listed = c.call(Request::ListStreams).await;
+            let put = c
+                .call(Request::Put {
+                    stream: "b".into(),
+                    records: vec![rec("k", "free")],
+                })
+                .await;
+            let _ = tx.send((listed, put));
+        });
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(30));
+    fs.release_writes();
+    let (listed, put) = answered.expect("other connections went unanswered while writes were held");
+    assert!(matches!(listed, Ok(Response::ListStreams(_))), "{listed:?}");
+    assert!(matches!(put, Ok(Response::Put(_))), "{put:?}");
+
+    // Released, the held puts are written and acknowledged.
+    for c in [&mut first, &mut second] {
+        let (_, answer) = c.recv().await.unwrap();
+        assert!(matches!(answer, Ok(Response::Put(_))), "{answer:?}");
+    }
+    for partition in 0..2 {
+        let Ok(Response::Read(r)) = admin
+            .call(read_req("a", partition, ReadFrom::Earliest, 0))
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(r.records.len(), 1, "partition {partition}");
+    }
     server.shutdown().await.unwrap();
 }

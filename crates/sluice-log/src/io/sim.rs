@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -76,6 +77,43 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    gate: Arc<WriteGate>,
+}
+
+/// Holds writes back while closed (see [`SimFs::hold_writes`]), to stand for a write the kernel
+/// keeps waiting. Separate from the state's lock, which a held write must not keep.
+#[derive(Debug, Default)]
+struct WriteGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    /// Writes waiting at the gate now.
+    waiting: usize,
+}
+
+impl WriteGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the gate is open, counting itself among the waiting meanwhile.
+    fn pass(&self) {
+        let mut g = self.lock();
+        if !g.closed {
+            return;
+        }
+        g.waiting += 1;
+        self.changed.notify_all();
+        while g.closed {
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.waiting -= 1;
+        self.changed.notify_all();
+    }
 }
 
 fn crash_error() -> io::Error {
@@ -174,6 +212,38 @@ impl SimFs {
     /// or lifts the limit with `None`.
     pub fn scope_faults(&self, dir: Option<&Path>) {
         self.lock().faults.fault_scope = dir.map(Path::to_path_buf);
+    }
+
+    /// Holds every write to a file in the fault scope (see [`SimFs::scope_faults`]) until
+    /// [`SimFs::release_writes`], as a kernel throttling a writer would: the write blocks its
+    /// thread, then goes through.
+    pub fn hold_writes(&self) {
+        self.gate.lock().closed = true;
+    }
+
+    /// Lets held writes, and every later one, go through.
+    pub fn release_writes(&self) {
+        self.gate.lock().closed = false;
+        self.gate.changed.notify_all();
+    }
+
+    /// Waits until at least `n` writes are being held, for at most `timeout`; whether they are.
+    pub fn wait_for_held_writes(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.gate.lock();
+        while g.waiting < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .gate
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Lets writes succeed again.
@@ -297,6 +367,7 @@ impl SimFs {
         }
         SimFs {
             state: Arc::new(Mutex::new(out)),
+            gate: Arc::default(),
         }
     }
 }
@@ -326,6 +397,11 @@ impl FileHandle for SimFile {
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         if !self.writable {
             return Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        }
+        // The gate's own flag first: the scope check walks every name.
+        let closed = self.fs.gate.lock().closed;
+        if closed && self.fs.lock().in_fault_scope(self.ino) {
+            self.fs.gate.pass();
         }
         let mut st = self.fs.lock();
         st.tick()?;
