@@ -671,15 +671,38 @@ async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured
 }
 
 /// MiB/s of keys and values the load reaches against the loopback sink (see `sink.rs`).
+///
+/// The sink runs on a runtime of its own, built as the embedded server's is, so that it meets
+/// the load as the server does: from other threads, across the loopback. On the load
+/// generator's own runtime it would share the generator's threads, and a put would often be
+/// taken off the socket by the thread that had just sent it, an advantage no separate server
+/// has.
 async fn ceiling_run(target: &Target, load: &Load) -> Result<f64, BoxError> {
     let dir = target
         .scratch_dir()
-        .ok_or_else(|| fail("the loopback ceiling needs the embedded server's directory"))?;
-    let sink = sink::Sink::start(dir).await?;
-    let bar = ProgressBar::hidden();
-    let m = run_load(&sink.addr().to_string(), load, &bar).await;
-    sink.stop().await;
-    let m = m?;
+        .ok_or_else(|| fail("the loopback ceiling needs the embedded server's directory"))?
+        .to_path_buf();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sluice-sink")
+        .enable_all()
+        .build()?;
+    let started = runtime
+        .spawn(async move { sink::Sink::start(&dir).await })
+        .await;
+    let measured = match started {
+        Ok(Ok(sink)) => {
+            let bar = ProgressBar::hidden();
+            let m = run_load(&sink.addr().to_string(), load, &bar).await;
+            // Stopped on its own runtime, which deletes its files before returning.
+            let _ = runtime.spawn(sink.stop()).await;
+            m
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(fail(format!("the loopback sink failed to start: {e}"))),
+    };
+    // Dropping a runtime may block, which an async context must not; its tasks are done.
+    runtime.shutdown_background();
+    let m = measured?;
     Ok(m.bytes as f64 / m.elapsed.as_secs_f64().max(1e-9) / MIB)
 }
 

@@ -132,8 +132,8 @@ impl Drop for Sink {
 /// Answers `Hello`, `Put` (with one made-up acknowledgement per record, which is what the
 /// client checks) and `PutBatches` (one per batch) and refuses the rest, in order, like the
 /// server does per connection. The write blocks this task's thread, as a short pwrite into the
-/// page cache does; the server does the same under `fsync=never` and `interval`, and under
-/// `always` hands its writes to a blocking pool, which costs it more, not less.
+/// page cache does; the server hands its writes to a blocking pool instead (see its
+/// `connection.rs` for why), which costs it more, not less.
 async fn serve(conn: TcpStream, mut file: File) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let (mut rd, mut wr) = conn.into_split();
