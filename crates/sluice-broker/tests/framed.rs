@@ -198,8 +198,45 @@ fn anything_wrong_with_any_batch_refuses_the_whole_request() {
         b.submit_batches("s", framed(vec![builder.finish().unwrap()])),
         Err(Error::RecordTooLarge { index: 0, .. })
     ));
-    // Records each within the limit whose batches together are over the put's 5 MiB.
+    // Over several batches the index counts across them: the bad key is the request's fourth
+    // record (the first batch holds three).
+    let batch = |partition: u32, keys: &[&[u8]], value: &[u8]| {
+        let mut builder = BatchBuilder::new(partition);
+        for k in keys {
+            builder.push(k, value).unwrap();
+        }
+        builder.finish().unwrap()
+    };
+    let two = vec![
+        batch(0, &[b"a", b"b", b"c"], b"v"),
+        batch(1, &[b"", b"d"], b"v"),
+    ];
+    assert!(matches!(
+        b.submit_batches("s", framed(two)),
+        Err(Error::InvalidPartitionKey { index: 3, len: 0 })
+    ));
+    // A bad record is named even when the put is also over its byte limit.
     let near_max = vec![7u8; (1 << 20) - 100];
+    let mut both: Vec<FramedBatch> = (0..2)
+        .map(|p| batch(p, &[&b"k"[..]; 3], &near_max))
+        .collect();
+    both.push(batch(0, &[b""], b"v"));
+    assert!(matches!(
+        b.submit_batches("s", framed(both)),
+        Err(Error::InvalidPartitionKey { index: 6, len: 0 })
+    ));
+    assert_eq!(ends(&b), before, "a refused request wrote something");
+    // At the limits exactly: a 256-byte key and a record of exactly 1 MiB are taken.
+    let at_limit = vec![
+        batch(0, &[&[b'k'; 256][..]], b"v"),
+        batch(1, &[b"k"], &vec![0u8; (1 << 20) - 1]),
+    ];
+    b.submit_batches("s", framed(at_limit))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let before = ends(&b);
+    // Records each within the limit whose batches together are over the put's 5 MiB.
     let over: Vec<FramedBatch> = (0..2)
         .map(|partition| {
             let mut builder = BatchBuilder::new(partition);
@@ -229,7 +266,10 @@ fn anything_wrong_with_any_batch_refuses_the_whole_request() {
     assert_eq!(ends(&b), before, "a refused request wrote something");
     // The good request still goes through.
     b.submit_batches("s", framed(good)).unwrap().wait().unwrap();
-    assert_eq!(ends(&b).iter().sum::<u64>(), 20);
+    assert_eq!(
+        ends(&b).iter().sum::<u64>(),
+        before.iter().sum::<u64>() + 20
+    );
 }
 
 #[test]
