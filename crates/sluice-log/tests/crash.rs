@@ -472,3 +472,71 @@ fn retention_removes_only_flushed_segments_so_a_power_loss_mid_removal_keeps_syn
         assert_same(r, r.offset, &record(r.offset, 100));
     }
 }
+
+/// Under `never` the background flusher retries after an error that leaves the log writable:
+/// here the index files cannot be opened for their fsync (as when the process is out of file
+/// descriptors) twice. No `sync` is called and nothing more is written after the rolls, so only
+/// the flusher's own retry, a second later each time, can bring the sealed segments to disk.
+#[test]
+fn the_background_flusher_retries_after_an_error_that_leaves_the_log_writable() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let fs = SyncHookFs::new(|_, sync| sync());
+    let clock = ManualClock::new(1_000_000);
+    let options = options_with(clock, FsyncPolicy::Never);
+    let log = Log::open_with_fs(Arc::new(fs.clone()), dir(), options.clone()).unwrap();
+    let failed = Arc::new(AtomicUsize::new(0));
+    {
+        let failed = Arc::clone(&failed);
+        fs.on_open(move |path, mode| {
+            let index = path.extension().is_some_and(|e| e == "index");
+            if mode == sluice_log::io::OpenMode::Read && index && failed.load(Ordering::SeqCst) < 2
+            {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return Err(std::io::Error::other("too many open files"));
+            }
+            Ok(())
+        });
+    }
+    // 2 KiB segments: append until the log has rolled twice, so two segments are sealed, the
+    // second created by a roll that synced nothing. `sealed_end` is where the sealed part ends.
+    let mut sealed_end = 0;
+    let mut i = 0;
+    while log.segment_count() < 3 {
+        let before = log.segment_count();
+        log.append(&[record(i, 100)]).unwrap();
+        if log.segment_count() > before {
+            sealed_end = i;
+        }
+        i += 1;
+        assert!(i < 1000, "the log never rolled");
+    }
+    // The flusher fails twice, then succeeds on a retry. Until then a power loss may lose the
+    // sealed records; after, none of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seed = 0;
+    loop {
+        seed += 1;
+        let image = fs.inner.crash_image(CrashMode::DropUnsynced, seed);
+        let recovered = Log::open_with_fs(Arc::new(image), dir(), options.clone()).unwrap();
+        if failed.load(Ordering::SeqCst) == 2 && recovered.end_offset() >= sealed_end {
+            let all = read_all_of(&recovered, seed);
+            assert_eq!(all.len() as u64, recovered.end_offset());
+            for r in &all {
+                assert_same(r, r.offset, &record(r.offset, 100));
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sealed segments never reached the disk: {} open failures, recovered up to {} of {sealed_end}",
+            failed.load(Ordering::SeqCst),
+            recovered.end_offset()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        log.append(&[record(i, 100)]).is_ok(),
+        "the log stays writable"
+    );
+}

@@ -98,7 +98,13 @@ pub struct SyncHookFs {
     remove_hook: Arc<std::sync::Mutex<Option<RemoveHook>>>,
     /// Runs before each directory fsync (see [`SyncHookFs::on_sync_dir`]).
     dir_hook: Arc<std::sync::Mutex<Option<RemoveHook>>>,
+    /// Runs before each `open` and may fail it (see [`SyncHookFs::on_open`]).
+    open_hook: Arc<std::sync::Mutex<Option<OpenHook>>>,
 }
+
+/// What a [`SyncHookFs`] runs before opening a file; an error fails the open.
+pub type OpenHook =
+    Arc<dyn Fn(&Path, sluice_log::io::OpenMode) -> std::io::Result<()> + Send + Sync>;
 
 /// What a [`SyncHookFs`] runs before removing a file.
 pub type RemoveHook = Arc<dyn Fn(&Path) + Send + Sync>;
@@ -122,7 +128,17 @@ impl SyncHookFs {
             next_id: Arc::default(),
             remove_hook: Arc::default(),
             dir_hook: Arc::default(),
+            open_hook: Arc::default(),
         }
+    }
+
+    /// Runs `hook` before every later `open`; an error it returns fails the open, as running
+    /// out of file descriptors would.
+    pub fn on_open(
+        &self,
+        hook: impl Fn(&Path, sluice_log::io::OpenMode) -> std::io::Result<()> + Send + Sync + 'static,
+    ) {
+        *self.open_hook.lock().unwrap() = Some(Arc::new(hook));
     }
 
     /// Runs `hook` before every later directory fsync, on the syncing thread (to slow it down).
@@ -181,6 +197,10 @@ impl sluice_log::io::FileSystem for SyncHookFs {
         path: &Path,
         mode: sluice_log::io::OpenMode,
     ) -> std::io::Result<Arc<dyn sluice_log::io::FileHandle>> {
+        let hook = self.open_hook.lock().unwrap().clone();
+        if let Some(hook) = hook {
+            hook(path, mode)?;
+        }
         Ok(Arc::new(HookedFile {
             inner: self.inner.open(path, mode)?,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
