@@ -978,21 +978,25 @@ async fn puts_that_roll_segments_without_an_fsync_survive_a_restart() {
     }
 }
 
+/// A server whose broker keeps its data in a simulated file system under `/data`, for faults.
+async fn server_on_sim_fs(policy: FsyncPolicy) -> (sluice_log::io::sim::SimFs, Server) {
+    let fs = sluice_log::io::sim::SimFs::new();
+    let options = sluice_broker::BrokerOptions {
+        log: sluice_log::LogOptions::default().fsync(policy),
+        ..Default::default()
+    };
+    let broker =
+        sluice_broker::Broker::open_with_fs(std::sync::Arc::new(fs.clone()), "/data", options)
+            .unwrap();
+    let server = Server::start_with_broker(broker, config()).await.unwrap();
+    (fs, server)
+}
+
 /// Under `never` too, a write that fails (a full disk, half the batch written) is answered
 /// with a typed error, nothing half-written is served, and the connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
-    use sluice_log::io::sim::SimFs;
-    use std::sync::Arc;
-
-    let fs = SimFs::new();
-    let options = sluice_broker::BrokerOptions {
-        log: sluice_log::LogOptions::default().fsync(FsyncPolicy::Never),
-        ..Default::default()
-    };
-    let broker =
-        sluice_broker::Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap();
-    let server = Server::start_with_broker(broker, config()).await.unwrap();
+    let (fs, server) = server_on_sim_fs(FsyncPolicy::Never).await;
     let mut c = Conn::open(server.local_addr()).await;
     c.call(create("b", 1)).await.unwrap();
     let put = |v: &str| Request::Put {
@@ -1026,17 +1030,7 @@ async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
 /// held and the other asleep, nobody polls for I/O.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
-    use sluice_log::io::sim::SimFs;
-    use std::sync::Arc;
-
-    let fs = SimFs::new();
-    let options = sluice_broker::BrokerOptions {
-        log: sluice_log::LogOptions::default().fsync(FsyncPolicy::Never),
-        ..Default::default()
-    };
-    let broker =
-        sluice_broker::Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap();
-    let server = Server::start_with_broker(broker, config()).await.unwrap();
+    let (fs, server) = server_on_sim_fs(FsyncPolicy::Never).await;
     let addr = server.local_addr();
     let mut admin = Conn::open(addr).await;
     admin.call(create("a", 2)).await.unwrap();
