@@ -13,8 +13,8 @@
 //! kernel throttling a writer far ahead of the disk, or on a split or merge holding the
 //! partition. A runtime thread blocked there stalls more than its own connection: tasks queued
 //! on it wait, and while the other threads sleep nobody polls for I/O, so other connections go
-//! unanswered until the write returns (`tests/server.rs`, `writes_held_by_the_kernel...`, shows
-//! it). Writing on the reader's thread under `never` measured about a sixth less server CPU
+//! unanswered until the write returns (the test
+//! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). Writing on the reader's thread under `never` measured about a sixth less server CPU
 //! per put, and `block_in_place`, which hands the thread's tasks over first, cost more than the
 //! pool (docs/benchmarks.md); so the pool it is. A put that is acknowledged as soon as it is
 //! written (any policy but `fsync=always`) is answered at once, without a task of its own; the

@@ -91,6 +91,9 @@ struct WriteGate {
 #[derive(Debug, Default)]
 struct GateState {
     closed: bool,
+    /// Bumped by every release, so that a write held before it goes through even if the gate
+    /// closes again before the write wakes.
+    releases: u64,
     /// Writes waiting at the gate now.
     waiting: usize,
 }
@@ -108,7 +111,8 @@ impl WriteGate {
         }
         g.waiting += 1;
         self.changed.notify_all();
-        while g.closed {
+        let held_at = g.releases;
+        while g.closed && g.releases == held_at {
             g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         g.waiting -= 1;
@@ -214,16 +218,19 @@ impl SimFs {
         self.lock().faults.fault_scope = dir.map(Path::to_path_buf);
     }
 
-    /// Holds every write to a file in the fault scope (see [`SimFs::scope_faults`]) until
-    /// [`SimFs::release_writes`], as a kernel throttling a writer would: the write blocks its
-    /// thread, then goes through.
+    /// Holds every write to a file in the fault scope (see [`SimFs::scope_faults`], which
+    /// limits the injected errors too) until [`SimFs::release_writes`], as a kernel throttling a
+    /// writer would: the write blocks its thread, then goes through. A write already past the
+    /// gate when it closes is not held.
     pub fn hold_writes(&self) {
         self.gate.lock().closed = true;
     }
 
     /// Lets held writes, and every later one, go through.
     pub fn release_writes(&self) {
-        self.gate.lock().closed = false;
+        let mut g = self.gate.lock();
+        g.closed = false;
+        g.releases += 1;
         self.gate.changed.notify_all();
     }
 
