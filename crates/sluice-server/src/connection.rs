@@ -1,25 +1,22 @@
 //! One client connection: framing, the handshake, request limits, ordered puts, and responses.
 //!
-//! The reader decodes frames and hands each request to a task; a writer task sends the answers as
-//! they complete, matched by correlation id (so a slow read never holds up a fast put). Puts are
-//! different: the reader has each one written, in arrival order, before it reads the next
-//! frame, and only their acknowledgements (the fsync waits) overlap, so a client that pipelines
-//! puts for a key keeps their order. At most `max_in_flight_per_connection` requests run at
-//! once; past that the reader stops reading, which pushes back on the client through TCP.
+//! The reader decodes frames and hands each request on; a writer task sends the answers as they
+//! complete, matched by correlation id (so a slow read never holds up a fast put). Reads and admin
+//! requests run as tasks of their own. Puts go to the connection's put lane (`put_lane.rs`), a
+//! thread that writes them one after another in arrival order, so a client that pipelines puts
+//! for a key keeps their order, and only their acknowledgements (the fsync waits) overlap. At most
+//! `max_in_flight_per_connection` requests run at once; past that the reader stops reading, which
+//! pushes back on the client through TCP.
 //!
-//! A put's write runs on tokio's blocking pool under every fsync policy, although it is usually a
-//! short copy into the page cache. It can block for long: under `fsync=always` on a segment roll
-//! (which fsyncs the sealed segment under the partition's lock), under every policy on the
-//! kernel throttling a writer far ahead of the disk, or on a split or merge holding the
-//! partition. A runtime thread blocked there stalls more than its own connection: tasks queued
-//! on it wait, and while the other threads sleep nobody polls for I/O, so other connections go
+//! A put's write is usually a short copy into the page cache, but it can block for long: under
+//! `fsync=always` on a segment roll (which fsyncs the sealed segment under the partition's lock),
+//! under every policy on the kernel throttling a writer far ahead of the disk, or on a split or
+//! merge holding the partition. It must not block a runtime thread: tasks queued there would wait,
+//! and while the other threads sleep nobody polls for I/O, so other connections would go
 //! unanswered until the write returns (the test
-//! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). Writing on the reader's thread under `never` measured about a sixth less server CPU
-//! per put, and `block_in_place`, which hands the thread's tasks over first, cost more than the
-//! pool (docs/benchmarks.md); so the pool it is. A put that is acknowledged as soon as it is
-//! written (any policy but `fsync=always`) is answered at once, without a task of its own; the
-//! fsync waits of `fsync=always` run on the blocking pool and overlap with the puts that
-//! follow.
+//! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). Hence a thread of the
+//! connection's own, which also spares each put the two hand-offs of a blocking-pool round trip
+//! (docs/benchmarks.md has the figures).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,72 +33,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::debug;
 
 use crate::handler;
+use crate::put_lane::{PutJob, PutLane};
 use crate::server::Shared;
 
 /// An encoded response frame on its way to the writer, with the share of the connection's memory
 /// budget its request holds until the frame is written.
-struct Outgoing {
+pub(crate) struct Outgoing {
     frame: Bytes,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Outgoing {
-    fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn holding(mut self, permit: OwnedSemaphorePermit) -> Self {
         self._budget = Some(permit);
         self
-    }
-}
-
-/// Runs a put's write on the blocking pool (see the module docs) and waits for it.
-async fn on_pool(
-    write: impl FnOnce() -> Result<handler::WrittenPut, ErrorResponse> + Send + 'static,
-) -> Result<handler::WrittenPut, ErrorResponse> {
-    match tokio::task::spawn_blocking(write).await {
-        Ok(written) => written,
-        Err(e) => Err(ErrorResponse::new(
-            ErrorCode::Internal,
-            format!("request task failed: {e}"),
-        )),
-    }
-}
-
-/// Answers a put the reader has written: at once when it is already acknowledged, otherwise from
-/// a task that waits for its fsync while the reader goes on with the puts that follow.
-async fn answer_put(
-    shared: &Arc<Shared>,
-    out_tx: &mpsc::Sender<Outgoing>,
-    requests: &mut tokio::task::JoinSet<()>,
-    (kind, id): (u16, u64),
-    written: Result<handler::WrittenPut, ErrorResponse>,
-    started: Instant,
-    (permit, budget): (OwnedSemaphorePermit, OwnedSemaphorePermit),
-) {
-    match written {
-        Ok(put) if put.is_acknowledged() => {
-            let answer = handler::finish_put(shared, put, started).await;
-            let _ = out_tx
-                .send(encode_answer(kind, id, answer).holding(budget))
-                .await;
-            drop(permit);
-        }
-        Ok(put) => {
-            let shared = Arc::clone(shared);
-            let out_tx = out_tx.clone();
-            requests.spawn(async move {
-                let answer = handler::finish_put(&shared, put, started).await;
-                let _ = out_tx
-                    .send(encode_answer(kind, id, answer).holding(budget))
-                    .await;
-                drop(permit);
-            });
-            while requests.try_join_next().is_some() {}
-        }
-        Err(e) => {
-            let _ = out_tx
-                .send(encode_answer(kind, id, Err(e)).holding(budget))
-                .await;
-            drop(permit);
-        }
     }
 }
 
@@ -188,7 +133,11 @@ fn header_ids(buf: &[u8]) -> (u16, u64) {
         .map_or((0, 0), |h| (h.kind, h.correlation_id))
 }
 
-fn encode_answer(kind: u16, id: u64, answer: Result<Response, ErrorResponse>) -> Outgoing {
+pub(crate) fn encode_answer(
+    kind: u16,
+    id: u64,
+    answer: Result<Response, ErrorResponse>,
+) -> Outgoing {
     let mut out = BytesMut::new();
     match answer {
         Ok(r) => r.encode(id, &mut out),
@@ -251,6 +200,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     let mut shutdown = shared.shutdown_rx();
     let mut greeted = false;
     let mut requests = tokio::task::JoinSet::new();
+    // Started with the connection's first put, so connections that only read cost no thread.
+    let mut lane: Option<PutLane> = None;
     loop {
         let outcome = tokio::select! {
             o = read_frame(&shared, &mut rd, &mut buf) => o,
@@ -362,21 +313,36 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 });
                 let _ = out_tx.send(encode_answer(kind, id, answer)).await;
             }
-            put @ (Request::Put { .. } | Request::PutBatches { .. }) => {
-                // Written in arrival order, before the next frame is read.
-                let started = Instant::now();
-                let sh = Arc::clone(&shared);
-                let written = on_pool(move || handler::submit_write(&sh, put)).await;
-                answer_put(
-                    &shared,
-                    &out_tx,
-                    &mut requests,
-                    (kind, id),
-                    written,
-                    started,
-                    (permit, budget),
-                )
-                .await;
+            request @ (Request::Put { .. } | Request::PutBatches { .. }) => {
+                // Handed to the lane in arrival order; the reader goes on at once.
+                let job = PutJob {
+                    kind,
+                    id,
+                    request,
+                    started: Instant::now(),
+                    permit,
+                    budget,
+                };
+                if lane.is_none() {
+                    match PutLane::start(Arc::clone(&shared), out_tx.clone()) {
+                        Ok(started) => lane = Some(started),
+                        Err(e) => {
+                            let e = ErrorResponse::new(
+                                ErrorCode::Busy,
+                                format!(
+                                    "cannot start a thread for this connection's puts ({e}); retry later"
+                                ),
+                            );
+                            let _ = out_tx
+                                .send(encode_answer(kind, id, Err(e)).holding(job.budget))
+                                .await;
+                            continue;
+                        }
+                    }
+                }
+                if let Some(lane) = &lane {
+                    lane.submit(job);
+                }
             }
             other => {
                 let shared = Arc::clone(&shared);
@@ -394,6 +360,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     }
     // Finish what was taken: every request read is answered before the connection closes.
     while requests.join_next().await.is_some() {}
+    // Puts handed to the lane, and their fsync waits, each hold an in-flight permit until their
+    // answer is queued: once every permit is back, every put is answered.
+    let all = u32::try_from(shared.config.max_in_flight_per_connection).unwrap_or(u32::MAX);
+    let _ = in_flight.acquire_many(all).await;
+    if let Some(lane) = lane {
+        lane.finish();
+    }
     drop(out_tx);
     let _ = (&mut writer.0).await;
     debug!(%peer, "connection closed");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_broker::{
-    FramedPut, PutRecord as BrokerRecord, StreamConfig, SubmittedBatches, SubmittedPut,
+    FramedPut, PendingAck, PutRecord as BrokerRecord, StreamConfig, SubmittedBatches, SubmittedPut,
 };
 use sluice_log::ReadLimits;
 use sluice_protocol::ErrorCode;
@@ -348,60 +348,107 @@ pub(crate) fn submit_batches(
     })
 }
 
+/// A written put taken apart: the fsync waits it still needs, and what to answer and publish once
+/// they have returned.
+struct Settling {
+    pending: Vec<PendingAck>,
+    answer: Response,
+    stream: String,
+    touched: Vec<u32>,
+    records: u64,
+    bytes: u64,
+}
+
+impl Settling {
+    fn of(put: WrittenPut) -> Self {
+        let WrittenPut {
+            stream,
+            submitted,
+            mut records,
+            mut bytes,
+        } = put;
+        let (pending, answer, touched) = match submitted {
+            Submitted::Records(s) => {
+                let (pending, acks) = s.into_parts();
+                let touched: Vec<u32> = acks.iter().map(|a| a.partition).collect();
+                let answer = Response::Put(
+                    acks.into_iter()
+                        .map(|a| sluice_protocol::message::PutAck {
+                            partition: a.partition,
+                            offset: a.offset,
+                        })
+                        .collect(),
+                );
+                (pending, answer, touched)
+            }
+            Submitted::Batches(s, batch_bytes) => {
+                let (pending, outcomes) = s.into_parts();
+                let mut touched = Vec::new();
+                for (o, b) in outcomes.iter().zip(batch_bytes) {
+                    if o.first_offset.is_some() {
+                        touched.push(o.partition);
+                        records += u64::from(o.record_count);
+                        bytes += b;
+                    }
+                }
+                let answer = Response::PutBatches(
+                    outcomes
+                        .into_iter()
+                        .map(|o| BatchAck {
+                            partition: o.partition,
+                            status: if o.first_offset.is_some() {
+                                0
+                            } else {
+                                ErrorCode::PartitionClosed.as_u16()
+                            },
+                            record_count: o.record_count,
+                            base_offset: o.first_offset.unwrap_or(0),
+                        })
+                        .collect(),
+                );
+                (pending, answer, touched)
+            }
+        };
+        Self {
+            pending,
+            answer,
+            stream,
+            touched,
+            records,
+            bytes,
+        }
+    }
+
+    /// Once every wait has returned `Ok`: wakes the long polls of the put's partitions, counts
+    /// the put, and gives its answer.
+    fn publish(self, shared: &Shared, started: Instant) -> Answer {
+        let Self {
+            answer,
+            stream,
+            mut touched,
+            records,
+            bytes,
+            ..
+        } = self;
+        touched.sort_unstable();
+        touched.dedup();
+        for p in touched {
+            shared.notify.notify(&stream, p);
+        }
+        shared
+            .stats
+            .record_put(&stream, records, bytes, started.elapsed());
+        Ok(answer)
+    }
+}
+
 /// Waits for a written put's acknowledgement, then wakes the long polls of its partitions.
 pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: Instant) -> Answer {
-    let WrittenPut {
-        stream,
-        submitted,
-        mut records,
-        mut bytes,
-    } = put;
-    let (pending, answer, mut touched) = match submitted {
-        Submitted::Records(s) => {
-            let (pending, acks) = s.into_parts();
-            let touched: Vec<u32> = acks.iter().map(|a| a.partition).collect();
-            let answer = Response::Put(
-                acks.into_iter()
-                    .map(|a| sluice_protocol::message::PutAck {
-                        partition: a.partition,
-                        offset: a.offset,
-                    })
-                    .collect(),
-            );
-            (pending, answer, touched)
-        }
-        Submitted::Batches(s, batch_bytes) => {
-            let (pending, outcomes) = s.into_parts();
-            let mut touched = Vec::new();
-            for (o, b) in outcomes.iter().zip(batch_bytes) {
-                if o.first_offset.is_some() {
-                    touched.push(o.partition);
-                    records += u64::from(o.record_count);
-                    bytes += b;
-                }
-            }
-            let answer = Response::PutBatches(
-                outcomes
-                    .into_iter()
-                    .map(|o| BatchAck {
-                        partition: o.partition,
-                        status: if o.first_offset.is_some() {
-                            0
-                        } else {
-                            ErrorCode::PartitionClosed.as_u16()
-                        },
-                        record_count: o.record_count,
-                        base_offset: o.first_offset.unwrap_or(0),
-                    })
-                    .collect(),
-            );
-            (pending, answer, touched)
-        }
-    };
-    // Each partition's fsync wait runs on the blocking pool, whose threads are reused; none at
-    // all when the records are already acknowledged (any policy but `always`, or an fsync that
-    // already covered them).
-    let waits: Vec<_> = pending
+    let mut settling = Settling::of(put);
+    // Each partition's fsync wait runs on the blocking pool, whose threads are reused, so the
+    // partitions' fsyncs overlap; none at all when the records are already acknowledged (any
+    // policy but `always`, or an fsync that already covered them).
+    let waits: Vec<_> = std::mem::take(&mut settling.pending)
         .into_iter()
         .map(|part| tokio::task::spawn_blocking(move || part.wait()))
         .collect();
@@ -416,15 +463,18 @@ pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: I
             }
         }
     }
-    touched.sort_unstable();
-    touched.dedup();
-    for p in touched {
-        shared.notify.notify(&stream, p);
+    settling.publish(shared, started)
+}
+
+/// [`finish_put`] on the calling thread, for a put that [`WrittenPut::is_acknowledged`] says
+/// needs no wait. Should an fsync still be pending, it is waited for here, one partition after
+/// another, which is correct but slower than [`finish_put`].
+pub(crate) fn finish_acknowledged(shared: &Shared, put: WrittenPut, started: Instant) -> Answer {
+    let mut settling = Settling::of(put);
+    for part in std::mem::take(&mut settling.pending) {
+        part.wait().map_err(|e| to_wire(&e))?;
     }
-    shared
-        .stats
-        .record_put(&stream, records, bytes, started.elapsed());
-    Ok(answer)
+    settling.publish(shared, started)
 }
 
 /// A read, long-polling for up to `max_wait_ms` when there is nothing to return yet.

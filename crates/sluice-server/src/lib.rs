@@ -27,6 +27,7 @@ mod connection;
 mod errors;
 mod handler;
 mod notify;
+mod put_lane;
 mod server;
 mod stats;
 

@@ -990,6 +990,15 @@ async fn puts_that_roll_segments_under_never_and_interval_survive_a_restart() {
 }
 
 /// A server whose broker keeps its data in a simulated file system under `/data`, for faults.
+/// Lets held writes go when dropped, so that a failing test fails instead of hanging.
+struct ReleaseOnDrop(sluice_log::io::sim::SimFs);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release_writes();
+    }
+}
+
 async fn server_on_sim_fs(policy: FsyncPolicy) -> (sluice_log::io::sim::SimFs, Server) {
     let fs = sluice_log::io::sim::SimFs::new();
     let options = sluice_broker::BrokerOptions {
@@ -1036,8 +1045,8 @@ async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
 
 /// A write the kernel holds (here: the simulated file system holds every write to one stream)
 /// holds the thread that makes it. Two such writes at once, on a runtime of two threads, must
-/// still leave other connections answered: puts are written on the blocking pool, never on the
-/// runtime's own threads. (Writing them on the reader's thread fails this test: with the
+/// still leave other connections answered: puts are written on each connection's put lane, never
+/// on the runtime's own threads. (Writing them on the reader's thread fails this test: with the
 /// runtime's threads held or asleep, nobody polls for I/O.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
@@ -1052,12 +1061,6 @@ async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
     fs.hold_writes();
     // Whatever fails below, the held writes are let go, so the runtime can stop and the test
     // fails instead of hanging.
-    struct ReleaseOnDrop(sluice_log::io::sim::SimFs);
-    impl Drop for ReleaseOnDrop {
-        fn drop(&mut self) {
-            self.0.release_writes();
-        }
-    }
     let _release = ReleaseOnDrop(fs.clone());
     let put_to = |partition_hash: u128| Request::Put {
         stream: "a".into(),
@@ -1118,4 +1121,131 @@ async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
         assert_eq!(r.records.len(), 1, "partition {partition}");
     }
     server.shutdown().await.unwrap();
+}
+
+/// A server on the simulated file system with its own runtime, and a client runtime apart from
+/// it, so that the client's timeouts fire whatever the server's threads are doing.
+fn split_runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (server, client)
+}
+
+fn put_one(stream: &str, value: &'static str) -> Request {
+    Request::Put {
+        stream: stream.into(),
+        records: vec![rec("k", value)],
+    }
+}
+
+/// A put held by the kernel holds back only the puts behind it on its connection: the same
+/// connection's reads are still answered, and its queued puts are written once it is, in order.
+#[test]
+fn a_held_put_holds_back_only_the_puts_behind_it() {
+    let (server_rt, client_rt) = split_runtimes();
+    let (fs, server) = server_rt.block_on(server_on_sim_fs(FsyncPolicy::Never));
+    let addr = server.local_addr();
+    let _release = ReleaseOnDrop(fs.clone());
+    client_rt.block_on(async {
+        let mut c = Conn::open(addr).await;
+        c.call(create("a", 1)).await.unwrap();
+        c.call(create("b", 1)).await.unwrap();
+        assert!(matches!(
+            c.call(put_one("b", "free")).await,
+            Ok(Response::Put(_))
+        ));
+
+        fs.scope_faults(Some(std::path::Path::new("/data/streams/a.0")));
+        fs.hold_writes();
+        let first = c.send(&put_one("a", "1")).await;
+        let second = c.send(&put_one("a", "2")).await;
+        assert!(
+            fs.wait_for_held_writes(1, Duration::from_secs(30)),
+            "the first put never reached the disk"
+        );
+        // Answered while the put before it is held (`recv` gives up after 20 s).
+        let read = c.send(&read_req("b", 0, ReadFrom::Earliest, 0)).await;
+        let (id, answer) = c.recv().await.expect("connection closed");
+        assert_eq!(id, read, "the read must be answered first: {answer:?}");
+        let Ok(Response::Read(r)) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(r.records.len(), 1);
+
+        fs.release_writes();
+        for (want_id, want_offset) in [(first, 0), (second, 1)] {
+            let (id, answer) = c.recv().await.expect("connection closed");
+            assert_eq!(id, want_id);
+            let Ok(Response::Put(acks)) = answer else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(acks[0].offset, want_offset);
+        }
+        let Ok(Response::Read(r)) = c.call(read_req("a", 0, ReadFrom::Earliest, 0)).await else {
+            panic!()
+        };
+        let values: Vec<&[u8]> = r.records.iter().map(|r| r.value.as_ref()).collect();
+        assert_eq!(values, vec![&b"1"[..], b"2"]);
+    });
+    server_rt.block_on(server.shutdown()).unwrap();
+}
+
+/// `Server::abort` is a crash as far as the files go: puts the connection had taken but not yet
+/// written are dropped, not written after the connection is gone, and the data directory is
+/// released once the write in progress returns.
+#[test]
+fn an_abort_drops_the_puts_queued_behind_a_held_write() {
+    let (server_rt, client_rt) = split_runtimes();
+    let (fs, server) = server_rt.block_on(server_on_sim_fs(FsyncPolicy::Never));
+    let addr = server.local_addr();
+    let _release = ReleaseOnDrop(fs.clone());
+    let mut c = client_rt.block_on(async {
+        let mut c = Conn::open(addr).await;
+        c.call(create("a", 1)).await.unwrap();
+        c.call(create("b", 1)).await.unwrap();
+        fs.scope_faults(Some(std::path::Path::new("/data/streams/a.0")));
+        fs.hold_writes();
+        for v in ["1", "2", "3"] {
+            c.send(&put_one("a", v)).await;
+        }
+        assert!(
+            fs.wait_for_held_writes(1, Duration::from_secs(30)),
+            "the first put never reached the disk"
+        );
+        // Frames are taken in order, so once this read is answered, puts 2 and 3 are queued
+        // behind the held one.
+        let read = c.send(&read_req("b", 0, ReadFrom::Earliest, 0)).await;
+        let (id, _) = c.recv().await.expect("connection closed");
+        assert_eq!(id, read);
+        c
+    });
+
+    let aborted = server_rt.spawn(server.abort());
+    // The connection is cut at once, without the held put's answer.
+    assert!(client_rt.block_on(c.recv()).is_none());
+    fs.release_writes();
+    server_rt.block_on(aborted).unwrap();
+
+    let broker = sluice_broker::Broker::open_with_fs(
+        std::sync::Arc::new(fs.clone()),
+        "/data",
+        sluice_broker::BrokerOptions::default(),
+    )
+    .unwrap();
+    let records = broker
+        .read("a", 0, 0, sluice_log::ReadLimits::default())
+        .unwrap();
+    let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_ref()).collect();
+    assert_eq!(
+        values,
+        vec![&b"1"[..]],
+        "only the put being written when the server stopped"
+    );
 }
