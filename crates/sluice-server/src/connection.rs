@@ -158,6 +158,14 @@ fn reservation(shared: &Shared, body_len: usize, request: &Request) -> usize {
             let records = (r.max_records as usize).clamp(1, 100_000);
             bytes + records * 40
         }
+        // A decoded put holds a few words per record or batch besides its frame's bytes, and up
+        // to the in-flight limit of them may wait in the put lane.
+        Request::Put { records, .. } => {
+            4096 + records.len() * std::mem::size_of::<sluice_protocol::message::PutRecord>()
+        }
+        Request::PutBatches { batches, .. } => {
+            4096 + batches.len() * std::mem::size_of::<sluice_protocol::batch::FramedBatch>()
+        }
         _ => 4096,
     };
     (body_len + answer).min(shared.config.max_connection_buffer_bytes)
@@ -201,6 +209,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     let mut greeted = false;
     let mut requests = tokio::task::JoinSet::new();
     // Started with the connection's first put, so connections that only read cost no thread.
+    // Declared after the writer, it is dropped before the writer's task is aborted when this
+    // future is dropped (`Server::abort`): the lane is told to drop its queued puts before the
+    // answer channel closes.
     let mut lane: Option<PutLane> = None;
     loop {
         let outcome = tokio::select! {
@@ -327,6 +338,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                     match PutLane::start(Arc::clone(&shared), out_tx.clone()) {
                         Ok(started) => lane = Some(started),
                         Err(e) => {
+                            // Closing is the only answer that keeps the order of the puts the
+                            // client has pipelined behind this one: a later one must not land
+                            // before this one's retry.
                             let e = ErrorResponse::new(
                                 ErrorCode::Busy,
                                 format!(
@@ -336,12 +350,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                             let _ = out_tx
                                 .send(encode_answer(kind, id, Err(e)).holding(job.budget))
                                 .await;
-                            continue;
+                            break;
                         }
                     }
                 }
-                if let Some(lane) = &lane {
-                    lane.submit(job);
+                if let Some(Err(job)) = lane.as_ref().map(|lane| lane.submit(job)) {
+                    let e = ErrorResponse::new(
+                        ErrorCode::Internal,
+                        "this connection's put lane has stopped",
+                    );
+                    let _ = out_tx
+                        .send(encode_answer(kind, id, Err(e)).holding(job.budget))
+                        .await;
+                    break;
                 }
             }
             other => {

@@ -1,7 +1,7 @@
-//! Executes requests against the broker. Broker calls block (disk I/O, fsync), so each runs on
-//! tokio's blocking pool; a dropped request future does not cancel a write already handed there.
-//! A put's write is handed to the pool by the connection's reader, which keeps puts in order
-//! (see `connection.rs`).
+//! Executes requests against the broker. Broker calls block (disk I/O, fsync), so none runs on a
+//! runtime thread: a put's write runs on its connection's put lane, which keeps the connection's
+//! puts in order (see `put_lane.rs`), and every other call, fsync waits included, on tokio's
+//! blocking pool, where a dropped request future does not cancel a call already handed over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,7 +283,8 @@ pub(crate) fn submit_write(shared: &Shared, request: Request) -> Result<WrittenP
 }
 
 /// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
-/// its acknowledgement. It blocks on disk I/O: the caller runs it on the blocking pool.
+/// its acknowledgement. It blocks on disk I/O: the caller runs it on the connection's put lane,
+/// never on a runtime thread.
 pub(crate) fn submit_put(
     shared: &Shared,
     stream: String,
@@ -467,8 +468,9 @@ pub(crate) async fn finish_put(shared: &Arc<Shared>, put: WrittenPut, started: I
 }
 
 /// [`finish_put`] on the calling thread, for a put that [`WrittenPut::is_acknowledged`] says
-/// needs no wait. Should an fsync still be pending, it is waited for here, one partition after
-/// another, which is correct but slower than [`finish_put`].
+/// needs no wait. A partition once acknowledged stays so, so nothing is left to wait for; the
+/// loop below only keeps the answer honest should that ever change (it would wait, one partition
+/// after another, rather than acknowledge early).
 pub(crate) fn finish_acknowledged(shared: &Shared, put: WrittenPut, started: Instant) -> Answer {
     let mut settling = Settling::of(put);
     for part in std::mem::take(&mut settling.pending) {

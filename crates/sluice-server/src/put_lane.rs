@@ -17,9 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
-use sluice_protocol::message::Request;
+use std::panic::AssertUnwindSafe;
+
+use sluice_protocol::ErrorCode;
+use sluice_protocol::message::{ErrorResponse, Request};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinSet;
 
 use crate::connection::{Outgoing, encode_answer};
 use crate::handler;
@@ -43,6 +47,10 @@ pub(crate) struct PutLane {
     abandoned: Arc<AtomicBool>,
 }
 
+/// Stack of a lane's thread: a put's path through the broker and the log is shallow, and a
+/// server may run a lane for each of its `max_connections` connections.
+const LANE_STACK_BYTES: usize = 256 << 10;
+
 impl PutLane {
     /// Starts the lane's thread. It ends once the lane is finished or dropped and its queue is
     /// empty.
@@ -53,6 +61,7 @@ impl PutLane {
         let flag = Arc::clone(&abandoned);
         std::thread::Builder::new()
             .name("sluice-put".into())
+            .stack_size(LANE_STACK_BYTES)
             .spawn(move || run(&shared, &rx, &out_tx, &runtime, &flag))?;
         Ok(Self {
             tx: Some(tx),
@@ -61,13 +70,13 @@ impl PutLane {
     }
 
     /// Queues a put behind the ones already handed over. The queue needs no bound of its own:
-    /// every put in it holds one of the connection's in-flight permits.
-    pub fn submit(&self, job: PutJob) {
-        if let Some(tx) = &self.tx {
-            // The lane's thread only stops once this sender is gone, so the send succeeds; were
-            // the thread to die, the job's permits would be released with it and the put left
-            // unanswered, which the client sees as a connection that closes.
-            let _ = tx.send(job);
+    /// every put in it holds one of the connection's in-flight permits. Gives the job back if
+    /// the lane's thread is gone, which [`run`] never lets happen short of an abort of the
+    /// process; the caller then answers it and closes the connection.
+    pub fn submit(&self, job: PutJob) -> Result<(), Box<PutJob>> {
+        match &self.tx {
+            Some(tx) => tx.send(job).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(job)),
         }
     }
 
@@ -92,7 +101,13 @@ fn run(
     runtime: &Handle,
     abandoned: &AtomicBool,
 ) {
+    // The fsync waits this lane hands to the runtime. Owned here, they are aborted when the lane
+    // ends: after its connection closed, every one of them has answered (the connection waits
+    // for their permits), and after an abort none is left to start an fsync for a connection
+    // that is gone.
+    let mut waits = JoinSet::new();
     while let Ok(job) = rx.recv() {
+        while waits.try_join_next().is_some() {}
         if abandoned.load(Ordering::Acquire) {
             continue;
         }
@@ -104,23 +119,44 @@ fn run(
             permit,
             budget,
         } = job;
-        match handler::submit_write(shared, request) {
+        // A panic in the broker is a bug; it fails this put with `Internal` and leaves the lane
+        // serving the puts behind it, as the blocking pool did, instead of leaving them
+        // unanswered on a connection that stays open.
+        let written =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler::submit_write(shared, request)))
+                .unwrap_or_else(|_| {
+                    Err(ErrorResponse::new(
+                        ErrorCode::Internal,
+                        "the put failed inside the server",
+                    ))
+                });
+        match written {
             Ok(put) if !put.is_acknowledged() => {
                 let shared = Arc::clone(shared);
                 let out_tx = out_tx.clone();
-                // Were the runtime shutting down, the task would be dropped unrun, and with it
-                // the permits; the connection is going away then anyway.
-                runtime.spawn(async move {
-                    let answer = handler::finish_put(&shared, put, started).await;
-                    let _ = out_tx
-                        .send(encode_answer(kind, id, answer).holding(budget))
-                        .await;
-                    drop(permit);
-                });
+                waits.spawn_on(
+                    async move {
+                        let answer = handler::finish_put(&shared, put, started).await;
+                        let _ = out_tx
+                            .send(encode_answer(kind, id, answer).holding(budget))
+                            .await;
+                        drop(permit);
+                    },
+                    runtime,
+                );
             }
             written => {
-                let answer =
-                    written.and_then(|put| handler::finish_acknowledged(shared, put, started));
+                let answer = written.and_then(|put| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        handler::finish_acknowledged(shared, put, started)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(ErrorResponse::new(
+                            ErrorCode::Internal,
+                            "the put failed inside the server",
+                        ))
+                    })
+                });
                 // Blocks while the answers before it are still unsent (a client that does not
                 // read), which stops this lane and, through the permits, the reader.
                 let _ = out_tx.blocking_send(encode_answer(kind, id, answer).holding(budget));

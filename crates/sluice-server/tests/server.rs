@@ -989,7 +989,6 @@ async fn puts_that_roll_segments_under_never_and_interval_survive_a_restart() {
     }
 }
 
-/// A server whose broker keeps its data in a simulated file system under `/data`, for faults.
 /// Lets held writes go when dropped, so that a failing test fails instead of hanging.
 struct ReleaseOnDrop(sluice_log::io::sim::SimFs);
 
@@ -999,6 +998,7 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
+/// A server whose broker keeps its data in a simulated file system under `/data`, for faults.
 async fn server_on_sim_fs(policy: FsyncPolicy) -> (sluice_log::io::sim::SimFs, Server) {
     let fs = sluice_log::io::sim::SimFs::new();
     let options = sluice_broker::BrokerOptions {
