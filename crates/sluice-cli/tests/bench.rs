@@ -108,6 +108,7 @@ fn produce_with_the_embedded_server_counts_every_record_and_cleans_up() {
     assert!(u64_of(&v, "peak_rss_bytes") > 0);
     assert!(v["ratio_to_baseline"].is_null());
     assert!(v["ratio_to_ceiling"].is_null());
+    assert!(v["ceiling_before_mib_per_sec"].is_null());
     assert_eq!(entries(scratch.path()), 0, "the temporary data is deleted");
     // The human report comes first.
     let text = String::from_utf8_lossy(&out.stdout);
@@ -162,6 +163,13 @@ fn produce_with_a_baseline() {
     assert!((f64_of(&v, "ratio_to_baseline") - expected).abs() < 1e-9);
     let expected = f64_of(&v, "mib_per_sec") / f64_of(&v, "ceiling_mib_per_sec");
     assert!((f64_of(&v, "ratio_to_ceiling") - expected).abs() < 1e-9);
+    // The ceiling is the better of its two runs, both reported.
+    let (before, after) = (
+        f64_of(&v, "ceiling_before_mib_per_sec"),
+        f64_of(&v, "ceiling_after_mib_per_sec"),
+    );
+    assert!(before > 0.0 && after > 0.0, "{v}");
+    assert_eq!(f64_of(&v, "ceiling_mib_per_sec"), before.max(after));
     assert_eq!(entries(scratch.path()), 0, "baseline files are deleted too");
 }
 
