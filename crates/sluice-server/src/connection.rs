@@ -15,8 +15,11 @@
 //! and while the other threads sleep nobody polls for I/O, so other connections would go
 //! unanswered until the write returns (the test
 //! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). Hence a thread of the
-//! connection's own, which also spares each put the two hand-offs of a blocking-pool round trip
-//! (docs/benchmarks.md has the figures).
+//! connection's own. Unlike the blocking pool, which the reader had to wait for to keep the
+//! order, the lane keeps the order itself, so the reader goes on reading, and a held put holds up
+//! only the puts behind it. It costs about as much CPU per put as the pool did: the saving that
+//! writing on the reader's own thread measured came from doing the whole put on one thread
+//! (docs/benchmarks.md, "The put lane").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
