@@ -966,6 +966,10 @@ impl Broker {
         let mut meta = s.meta.clone();
         for id in &sorted {
             let p = s.partition(*id)?;
+            // Flush what the partition holds before closing its gate, so that puts to it wait
+            // only for the sync below, of what is written meanwhile, and not for this one: under
+            // `never` it can be a whole segment of dirty data.
+            p.log.sync()?;
             let gate = p.closed.write().unwrap_or_else(PoisonError::into_inner);
             // No append is in flight now. Make the end durable before the catalog records it.
             p.log.sync()?;

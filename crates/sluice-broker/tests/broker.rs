@@ -716,3 +716,73 @@ fn a_submitted_put_splits_into_one_fsync_wait_per_partition_that_needs_one() {
     assert!(parts.is_empty());
     assert_eq!(acks.len(), 200);
 }
+
+/// A split flushes its parent before it closes the parent's gate, so puts to the parent wait
+/// only for the flush of what they write meanwhile, not for everything the parent held (under
+/// `fsync=never`, up to a whole segment of dirty data).
+#[test]
+fn puts_go_on_while_a_split_flushes_its_parent() {
+    use sluice_log::FsyncPolicy;
+    use sluice_log::io::sim::SimFs;
+
+    /// Lets held syncs go, so that a failing test fails instead of hanging.
+    struct ReleaseOnDrop(SimFs);
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            self.0.release_writes();
+        }
+    }
+
+    let fs = SimFs::new();
+    let options = BrokerOptions {
+        log: sluice_log::LogOptions::default().fsync(FsyncPolicy::Never),
+        ..BrokerOptions::default()
+    };
+    let b = Arc::new(Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap());
+    let one = StreamConfig {
+        partitions: 1,
+        ..StreamConfig::default()
+    };
+    b.create_stream("s", one).unwrap();
+    b.put("s", &[PutRecord::new("k", "before")]).unwrap();
+
+    fs.scope_faults(Some(std::path::Path::new("/data/streams")));
+    fs.hold_syncs();
+    let _release = ReleaseOnDrop(fs.clone());
+    let splitter = {
+        let b = Arc::clone(&b);
+        std::thread::spawn(move || b.split("s", 0, None))
+    };
+    assert!(
+        fs.wait_for_held_writes(1, Duration::from_secs(30)),
+        "the split never flushed its parent"
+    );
+    // The split's flush is held; a put to the parent goes through meanwhile.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let b = Arc::clone(&b);
+        std::thread::spawn(move || {
+            let _ = tx.send(b.put("s", &[PutRecord::new("k", "during")]));
+        });
+    }
+    let put = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a put to the parent waited for the split's flush");
+    assert_eq!(put.unwrap()[0].partition, 0);
+
+    fs.release_writes();
+    let children = splitter.join().unwrap().unwrap();
+    // The put landed in the parent before it closed, and the children start empty.
+    let values: Vec<Vec<u8>> = read_all(&b, "s", 0)
+        .into_iter()
+        .map(|r| r.value.to_vec())
+        .collect();
+    assert_eq!(values, vec![b"before".to_vec(), b"during".to_vec()]);
+    let d = b.describe_stream("s").unwrap();
+    let parent = d.partitions.iter().find(|p| p.id == 0).unwrap();
+    assert_eq!(parent.state, PartitionState::Closed);
+    assert_eq!(parent.end_offset, 2);
+    for child in children {
+        assert!(read_all(&b, "s", child).is_empty());
+    }
+}

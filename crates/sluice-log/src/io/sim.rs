@@ -80,8 +80,9 @@ pub struct SimFs {
     gate: Arc<WriteGate>,
 }
 
-/// Holds writes back while closed (see [`SimFs::hold_writes`]), to stand for a write the kernel
-/// keeps waiting. Separate from the state's lock, which a held write must not keep.
+/// Holds writes (see [`SimFs::hold_writes`]) or syncs ([`SimFs::hold_syncs`]) back while
+/// closed, to stand for a call the kernel keeps waiting. Separate from the state's lock, which a
+/// held call must not keep.
 #[derive(Debug, Default)]
 struct WriteGate {
     state: Mutex<GateState>,
@@ -90,12 +91,21 @@ struct WriteGate {
 
 #[derive(Debug, Default)]
 struct GateState {
+    /// Whether writes are held.
     closed: bool,
+    /// Whether `sync_data` calls are held.
+    syncs_closed: bool,
     /// Bumped by every release, so that a write held before it goes through even if the gate
     /// closes again before the write wakes.
     releases: u64,
-    /// Writes waiting at the gate now.
+    /// Writes and syncs waiting at the gate now.
     waiting: usize,
+}
+
+impl GateState {
+    fn holds(&self, sync: bool) -> bool {
+        if sync { self.syncs_closed } else { self.closed }
+    }
 }
 
 impl WriteGate {
@@ -103,16 +113,17 @@ impl WriteGate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns once the gate is open, counting itself among the waiting meanwhile.
-    fn pass(&self) {
+    /// Returns once the gate is open to a write (or, with `sync`, to a sync), counting itself
+    /// among the waiting meanwhile.
+    fn pass(&self, sync: bool) {
         let mut g = self.lock();
-        if !g.closed {
+        if !g.holds(sync) {
             return;
         }
         g.waiting += 1;
         self.changed.notify_all();
         let held_at = g.releases;
-        while g.closed && g.releases == held_at {
+        while g.holds(sync) && g.releases == held_at {
             g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         g.waiting -= 1;
@@ -226,15 +237,24 @@ impl SimFs {
         self.gate.lock().closed = true;
     }
 
-    /// Lets held writes, and every later one, go through.
+    /// Holds every `sync_data` of a file in the fault scope until [`SimFs::release_writes`], as
+    /// a disk slow to flush would: the call blocks its thread, then goes through. Writes are not
+    /// held unless [`SimFs::hold_writes`] says so too.
+    pub fn hold_syncs(&self) {
+        self.gate.lock().syncs_closed = true;
+    }
+
+    /// Lets held writes and syncs, and every later one, go through.
     pub fn release_writes(&self) {
         let mut g = self.gate.lock();
         g.closed = false;
+        g.syncs_closed = false;
         g.releases += 1;
         self.gate.changed.notify_all();
     }
 
-    /// Waits until at least `n` writes are being held, for at most `timeout`; whether they are.
+    /// Waits until at least `n` writes or syncs are being held, for at most `timeout`; whether
+    /// they are.
     pub fn wait_for_held_writes(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = self.gate.lock();
@@ -408,7 +428,7 @@ impl FileHandle for SimFile {
         // The gate's own flag first: the scope check walks every name.
         let closed = self.fs.gate.lock().closed;
         if closed && self.fs.lock().in_fault_scope(self.ino) {
-            self.fs.gate.pass();
+            self.fs.gate.pass(false);
         }
         let mut st = self.fs.lock();
         st.tick()?;
@@ -434,6 +454,10 @@ impl FileHandle for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let closed = self.fs.gate.lock().syncs_closed;
+        if closed && self.fs.lock().in_fault_scope(self.ino) {
+            self.fs.gate.pass(true);
+        }
         let mut st = self.fs.lock();
         st.tick()?;
         st.sync_data_calls += 1;
