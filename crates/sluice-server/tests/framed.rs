@@ -1,7 +1,8 @@
 //! Producer-framed puts over loopback: `Client::put_routed` routes and frames on the client, the
 //! server writes the batches as they came, and the records land exactly where a plain `Put`
 //! puts them; after a split the client's stale batches are refused, it routes again, and every
-//! key stays in order; a damaged batch is refused with `BadBatch` and nothing is written; the
+//! key stays in order, and a table naming a parent that retention has since removed is refreshed
+//! the same way; a damaged batch is refused with `BadBatch` and nothing is written; the
 //! statistics count framed records like any others.
 
 use std::collections::BTreeMap;
@@ -224,5 +225,60 @@ async fn a_damaged_batch_is_refused_and_nothing_is_written() {
         ),
         "{e}"
     );
+    server.shutdown().await.unwrap();
+}
+
+/// A routing table can name a partition that is gone altogether: split, then removed by
+/// retention once drained. The put's batch for it is refused with `PartitionNotFound`, having
+/// written nothing, and `put_routed` describes the stream again and routes the records anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_removed_by_retention_makes_the_client_route_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config()).await.unwrap();
+    let c = Client::connect(server.local_addr()).await.unwrap();
+    stream(&c, "s", 1).await;
+    // The first put fills the client's routing table: partition 0 holds every hash.
+    let first = c.put_routed("s", &records(50, "a")).await.unwrap();
+    assert!(first.iter().all(|a| a.partition == 0));
+
+    // Elsewhere, partition 0 is split and, once its records expire, removed.
+    let admin = Client::connect(server.local_addr()).await.unwrap();
+    let [lo, hi] = admin.split("s", 0, None).await.unwrap();
+    let broker = std::sync::Arc::clone(server.broker());
+    let removed = tokio::task::spawn_blocking(move || {
+        let later = sluice_log::Clock::now_ms(&sluice_log::SystemClock) + 2 * 3_600_000;
+        broker.enforce_retention(later)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(removed.partitions_removed, 1);
+
+    let second = c.put_routed("s", &records(50, "b")).await.unwrap();
+    assert_eq!(second.len(), 50);
+    assert!(
+        second
+            .iter()
+            .all(|a| a.partition == lo || a.partition == hi),
+        "{second:?}"
+    );
+    // Each child holds exactly the records acknowledged to it, at their offsets, in input order.
+    let mut stored = 0;
+    for p in [lo, hi] {
+        let read: Vec<(u64, Bytes)> = read_all(&c, "s", p)
+            .await
+            .into_iter()
+            .map(|r| (r.offset, r.value))
+            .collect();
+        let acked: Vec<(u64, Bytes)> = records(50, "b")
+            .into_iter()
+            .zip(&second)
+            .filter(|(_, a)| a.partition == p)
+            .map(|(r, a)| (a.offset, r.value))
+            .collect();
+        assert_eq!(read, acked, "partition {p}");
+        stored += read.len();
+    }
+    assert_eq!(stored, 50);
     server.shutdown().await.unwrap();
 }
