@@ -964,12 +964,15 @@ impl Broker {
         sorted.sort_unstable();
         let mut gates = Vec::new();
         let mut meta = s.meta.clone();
+        // Flush what every parent holds before closing any gate, so that puts to a parent wait
+        // only for the sync under its gate, of what was written meanwhile, and not for these:
+        // under `never` each can be a whole segment of dirty data. (Flushing one parent after
+        // closing another's gate would hold that one's puts, as in a merge.)
+        for id in &sorted {
+            s.partition(*id)?.log.sync()?;
+        }
         for id in &sorted {
             let p = s.partition(*id)?;
-            // Flush what the partition holds before closing its gate, so that puts to it wait
-            // only for the sync below, of what is written meanwhile, and not for this one: under
-            // `never` it can be a whole segment of dirty data.
-            p.log.sync()?;
             let gate = p.closed.write().unwrap_or_else(PoisonError::into_inner);
             // No append is in flight now. Make the end durable before the catalog records it.
             p.log.sync()?;

@@ -717,34 +717,59 @@ fn a_submitted_put_splits_into_one_fsync_wait_per_partition_that_needs_one() {
     assert_eq!(acks.len(), 200);
 }
 
-/// A split flushes its parent before it closes the parent's gate, so puts to the parent wait
-/// only for the flush of what they write meanwhile, not for everything the parent held (under
-/// `fsync=never`, up to a whole segment of dirty data).
-#[test]
-fn puts_go_on_while_a_split_flushes_its_parent() {
-    use sluice_log::FsyncPolicy;
-    use sluice_log::io::sim::SimFs;
+/// Lets held syncs go when dropped, so that a failing test fails instead of hanging.
+struct ReleaseOnDrop(sluice_log::io::sim::SimFs);
 
-    /// Lets held syncs go, so that a failing test fails instead of hanging.
-    struct ReleaseOnDrop(SimFs);
-    impl Drop for ReleaseOnDrop {
-        fn drop(&mut self) {
-            self.0.release_writes();
-        }
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release_held();
     }
+}
 
-    let fs = SimFs::new();
+/// A broker under `fsync=never` on a simulated file system, with stream `s` of `partitions`.
+fn never_broker_on_sim(partitions: u32) -> (sluice_log::io::sim::SimFs, Arc<Broker>) {
+    let fs = sluice_log::io::sim::SimFs::new();
     let options = BrokerOptions {
-        log: sluice_log::LogOptions::default().fsync(FsyncPolicy::Never),
+        log: sluice_log::LogOptions::default().fsync(sluice_log::FsyncPolicy::Never),
         ..BrokerOptions::default()
     };
-    let b = Arc::new(Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap());
-    let one = StreamConfig {
-        partitions: 1,
-        ..StreamConfig::default()
-    };
-    b.create_stream("s", one).unwrap();
-    b.put("s", &[PutRecord::new("k", "before")]).unwrap();
+    let b = Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap();
+    b.create_stream(
+        "s",
+        StreamConfig {
+            partitions,
+            ..StreamConfig::default()
+        },
+    )
+    .unwrap();
+    (fs, Arc::new(b))
+}
+
+/// Puts `value` to the partition whose range starts at hash 0, on a thread of its own, and
+/// waits at most 30 s for the answer.
+fn put_to_first_partition(b: &Arc<Broker>, value: &'static str) -> Vec<sluice_broker::PutAck> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = Arc::clone(b);
+    std::thread::spawn(move || {
+        let rec = PutRecord {
+            explicit_hash_key: Some(0),
+            ..PutRecord::new("k", value)
+        };
+        let _ = tx.send(b.put("s", &[rec]));
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("a put to a parent waited for the reshard's flush")
+        .unwrap()
+}
+
+/// A split flushes its parent before it closes the parent's gate, so puts to the parent wait
+/// only for the flush of what they write meanwhile, not for everything the parent held (under
+/// `fsync=never`, up to a whole segment of dirty data); and the parent's recorded end is
+/// durable once the split returns.
+#[test]
+fn puts_go_on_while_a_split_flushes_its_parent() {
+    let (fs, b) = never_broker_on_sim(1);
+    put_to_first_partition(&b, "before");
 
     fs.scope_faults(Some(std::path::Path::new("/data/streams")));
     fs.hold_syncs();
@@ -754,35 +779,66 @@ fn puts_go_on_while_a_split_flushes_its_parent() {
         std::thread::spawn(move || b.split("s", 0, None))
     };
     assert!(
-        fs.wait_for_held_writes(1, Duration::from_secs(30)),
+        fs.wait_for_held(1, Duration::from_secs(30)),
         "the split never flushed its parent"
     );
     // The split's flush is held; a put to the parent goes through meanwhile.
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let b = Arc::clone(&b);
-        std::thread::spawn(move || {
-            let _ = tx.send(b.put("s", &[PutRecord::new("k", "during")]));
-        });
-    }
-    let put = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("a put to the parent waited for the split's flush");
-    assert_eq!(put.unwrap()[0].partition, 0);
+    assert_eq!(put_to_first_partition(&b, "during")[0].partition, 0);
 
-    fs.release_writes();
+    fs.release_held();
     let children = splitter.join().unwrap().unwrap();
-    // The put landed in the parent before it closed, and the children start empty.
-    let values: Vec<Vec<u8>> = read_all(&b, "s", 0)
-        .into_iter()
-        .map(|r| r.value.to_vec())
-        .collect();
-    assert_eq!(values, vec![b"before".to_vec(), b"during".to_vec()]);
+    let values = |b: &Broker| -> Vec<Vec<u8>> {
+        read_all(b, "s", 0)
+            .into_iter()
+            .map(|r| r.value.to_vec())
+            .collect()
+    };
+    assert_eq!(values(&b), vec![b"before".to_vec(), b"during".to_vec()]);
     let d = b.describe_stream("s").unwrap();
     let parent = d.partitions.iter().find(|p| p.id == 0).unwrap();
-    assert_eq!(parent.state, PartitionState::Closed);
-    assert_eq!(parent.end_offset, 2);
+    assert_eq!(
+        (parent.state, parent.end_offset),
+        (PartitionState::Closed, 2)
+    );
     for child in children {
         assert!(read_all(&b, "s", child).is_empty());
     }
+    // Everything up to the end the split recorded for the parent is durable.
+    let crashed = fs.crash_image(sluice_log::io::sim::CrashMode::DropUnsynced, 1);
+    let after = Broker::open_with_fs(Arc::new(crashed), "/data", BrokerOptions::default()).unwrap();
+    assert_eq!(values(&after), vec![b"before".to_vec(), b"during".to_vec()]);
+}
+
+/// A merge flushes both parents before it closes either gate: were the second flushed after the
+/// first's gate closed, puts to the first would wait for it.
+#[test]
+fn puts_go_on_while_a_merge_flushes_its_parents() {
+    let (fs, b) = never_broker_on_sim(2);
+    put_to_first_partition(&b, "before");
+    let second = PutRecord {
+        explicit_hash_key: Some(u128::MAX),
+        ..PutRecord::new("k", "other")
+    };
+    assert_eq!(b.put("s", &[second]).unwrap()[0].partition, 1);
+
+    // Only the second parent's flush is held.
+    fs.scope_faults(Some(std::path::Path::new("/data/streams/s.0/1")));
+    fs.hold_syncs();
+    let _release = ReleaseOnDrop(fs.clone());
+    let merger = {
+        let b = Arc::clone(&b);
+        std::thread::spawn(move || b.merge("s", 0, 1))
+    };
+    assert!(
+        fs.wait_for_held(1, Duration::from_secs(30)),
+        "the merge never flushed its second parent"
+    );
+    assert_eq!(put_to_first_partition(&b, "during")[0].partition, 0);
+
+    fs.release_held();
+    let child = merger.join().unwrap().unwrap();
+    let d = b.describe_stream("s").unwrap();
+    let first = d.partitions.iter().find(|p| p.id == 0).unwrap();
+    assert_eq!((first.state, first.end_offset), (PartitionState::Closed, 2));
+    assert!(read_all(&b, "s", child).is_empty());
 }

@@ -778,7 +778,9 @@ fn produce(server: Option<&str>, args: ProduceArgs) -> CmdResult {
         }
         let before = admin.stats().await.map_err(client_err)?;
         // The ceiling is measured before and after the run, like the disk, and the better of the
-        // two is kept: the first to touch fresh memory pays for it on a virtual machine.
+        // two is kept: on a virtual machine whichever writes into memory the host took back
+        // pays for it, and either run can be the one (after a durable run it usually is the
+        // second).
         let ceiling_before = if args.baseline {
             Some(ceiling_run(&target, &load).await?)
         } else {

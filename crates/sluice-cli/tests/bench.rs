@@ -109,6 +109,7 @@ fn produce_with_the_embedded_server_counts_every_record_and_cleans_up() {
     assert!(v["ratio_to_baseline"].is_null());
     assert!(v["ratio_to_ceiling"].is_null());
     assert!(v["ceiling_before_mib_per_sec"].is_null());
+    assert!(v["ceiling_after_mib_per_sec"].is_null());
     assert_eq!(entries(scratch.path()), 0, "the temporary data is deleted");
     // The human report comes first.
     let text = String::from_utf8_lossy(&out.stdout);

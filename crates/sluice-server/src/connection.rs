@@ -153,7 +153,8 @@ pub(crate) fn encode_answer(
 }
 
 /// Bytes of the connection's budget a request reserves: its own frame, plus, for a read, the most
-/// its answer can hold (key and value bytes up to the read limit, and per-record headers).
+/// its answer can hold (key and value bytes up to the read limit, and per-record headers), and
+/// for a put, what its decoded records or batches hold besides the frame's bytes.
 fn reservation(shared: &Shared, body_len: usize, request: &Request) -> usize {
     let answer = match request {
         Request::Read(r) => {

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use sluice_protocol::ErrorCode;
 use sluice_protocol::message::{ErrorResponse, Request};
@@ -47,9 +50,11 @@ pub(crate) struct PutLane {
     abandoned: Arc<AtomicBool>,
 }
 
-/// Stack of a lane's thread: a put's path through the broker and the log is shallow, and a
-/// server may run a lane for each of its `max_connections` connections.
-const LANE_STACK_BYTES: usize = 256 << 10;
+/// Stack of a lane's thread. A put's path through the broker and the log is shallow, but a
+/// panic's report (a backtrace, symbolised on this thread) needs more; a server may run a lane
+/// for each of its `max_connections` connections, and only the pages a thread touches cost
+/// memory.
+const LANE_STACK_BYTES: usize = 1 << 20;
 
 impl PutLane {
     /// Starts the lane's thread. It ends once the lane is finished or dropped and its queue is
@@ -103,8 +108,9 @@ fn run(
 ) {
     // The fsync waits this lane hands to the runtime. Owned here, they are aborted when the lane
     // ends: after its connection closed, every one of them has answered (the connection waits
-    // for their permits), and after an abort none is left to start an fsync for a connection
-    // that is gone.
+    // for their permits), and after an abort they stop waiting for a connection that is gone.
+    // (A partition's wait already handed to the blocking pool still runs to its end, and may
+    // still start the group commit's fsync; it cannot be called back.)
     let mut waits = JoinSet::new();
     while let Ok(job) = rx.recv() {
         while waits.try_join_next().is_some() {}
@@ -136,7 +142,11 @@ fn run(
                 let out_tx = out_tx.clone();
                 waits.spawn_on(
                     async move {
-                        let answer = handler::finish_put(&shared, put, started).await;
+                        // As on the lane: a panic fails this put with `Internal` rather than
+                        // leave it unanswered on a connection that stays open.
+                        let finish =
+                            CatchUnwind(Box::pin(handler::finish_put(&shared, put, started)));
+                        let answer = finish.await.unwrap_or_else(|_| Err(internal()));
                         let _ = out_tx
                             .send(encode_answer(kind, id, answer).holding(budget))
                             .await;
@@ -150,12 +160,7 @@ fn run(
                     std::panic::catch_unwind(AssertUnwindSafe(|| {
                         handler::finish_acknowledged(shared, put, started)
                     }))
-                    .unwrap_or_else(|_| {
-                        Err(ErrorResponse::new(
-                            ErrorCode::Internal,
-                            "the put failed inside the server",
-                        ))
-                    })
+                    .unwrap_or_else(|_| Err(internal()))
                 });
                 // Blocks while the answers before it are still unsent (a client that does not
                 // read), which stops this lane and, through the permits, the reader.
@@ -163,5 +168,55 @@ fn run(
                 drop(permit);
             }
         }
+    }
+}
+
+/// The answer to a put that panicked inside the server.
+fn internal() -> ErrorResponse {
+    ErrorResponse::new(ErrorCode::Internal, "the put failed inside the server")
+}
+
+/// A future whose panics come out as `Err`, as `catch_unwind` makes of a closure's: each poll of
+/// the inner future runs inside `catch_unwind`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime for the test")
+            .block_on(f)
+    }
+
+    #[test]
+    fn catch_unwind_passes_values_through_and_turns_panics_into_errors() {
+        assert_eq!(
+            run(CatchUnwind(Box::pin(async { 7 }))).ok(),
+            Some(7),
+            "a future that completes"
+        );
+        let yields_then_panics = async {
+            tokio::task::yield_now().await;
+            panic!("inside the future");
+        };
+        let caught: std::thread::Result<()> = run(CatchUnwind(Box::pin(yields_then_panics)));
+        let panic = caught.expect_err("the panic comes out as an error");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"inside the future"));
     }
 }

@@ -253,6 +253,8 @@ async fn a_parent_removed_by_retention_makes_the_client_route_again() {
     .unwrap()
     .unwrap();
     assert_eq!(removed.partitions_removed, 1);
+    let left = admin.describe_stream("s").await.unwrap();
+    assert!(left.partitions.iter().all(|p| p.id != 0), "{left:?}");
 
     let second = c.put_routed("s", &records(50, "b")).await.unwrap();
     assert_eq!(second.len(), 50);

@@ -994,7 +994,7 @@ struct ReleaseOnDrop(sluice_log::io::sim::SimFs);
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        self.0.release_writes();
+        self.0.release_held();
     }
 }
 
@@ -1075,8 +1075,8 @@ async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
     let mut second = Conn::open(addr).await;
     first.send(&put_to(0)).await;
     second.send(&put_to(u128::MAX)).await;
-    if !fs.wait_for_held_writes(2, Duration::from_secs(30)) {
-        fs.release_writes();
+    if !fs.wait_for_held(2, Duration::from_secs(30)) {
+        fs.release_held();
         panic!("the two puts never reached the disk");
     }
 
@@ -1101,7 +1101,7 @@ async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
         });
     });
     let answered = rx.recv_timeout(Duration::from_secs(30));
-    fs.release_writes();
+    fs.release_held();
     let (listed, put) = answered.expect("other connections went unanswered while writes were held");
     assert!(matches!(listed, Ok(Response::ListStreams(_))), "{listed:?}");
     assert!(matches!(put, Ok(Response::Put(_))), "{put:?}");
@@ -1167,7 +1167,7 @@ fn a_held_put_holds_back_only_the_puts_behind_it() {
         let first = c.send(&put_one("a", "1")).await;
         let second = c.send(&put_one("a", "2")).await;
         assert!(
-            fs.wait_for_held_writes(1, Duration::from_secs(30)),
+            fs.wait_for_held(1, Duration::from_secs(30)),
             "the first put never reached the disk"
         );
         // Answered while the put before it is held (`recv` gives up after 20 s).
@@ -1179,7 +1179,7 @@ fn a_held_put_holds_back_only_the_puts_behind_it() {
         };
         assert_eq!(r.records.len(), 1);
 
-        fs.release_writes();
+        fs.release_held();
         for (want_id, want_offset) in [(first, 0), (second, 1)] {
             let (id, answer) = c.recv().await.expect("connection closed");
             assert_eq!(id, want_id);
@@ -1216,7 +1216,7 @@ fn an_abort_drops_the_puts_queued_behind_a_held_write() {
             c.send(&put_one("a", v)).await;
         }
         assert!(
-            fs.wait_for_held_writes(1, Duration::from_secs(30)),
+            fs.wait_for_held(1, Duration::from_secs(30)),
             "the first put never reached the disk"
         );
         // Frames are taken in order, so once this read is answered, puts 2 and 3 are queued
@@ -1230,7 +1230,7 @@ fn an_abort_drops_the_puts_queued_behind_a_held_write() {
     let aborted = server_rt.spawn(server.abort());
     // The connection is cut at once, without the held put's answer.
     assert!(client_rt.block_on(c.recv()).is_none());
-    fs.release_writes();
+    fs.release_held();
     server_rt.block_on(aborted).unwrap();
 
     let broker = sluice_broker::Broker::open_with_fs(

@@ -230,22 +230,22 @@ impl SimFs {
     }
 
     /// Holds every write to a file in the fault scope (see [`SimFs::scope_faults`], which
-    /// limits the injected errors too) until [`SimFs::release_writes`], as a kernel throttling a
+    /// limits the injected errors too) until [`SimFs::release_held`], as a kernel throttling a
     /// writer would: the write blocks its thread, then goes through. A write already past the
     /// gate when it closes is not held.
     pub fn hold_writes(&self) {
         self.gate.lock().closed = true;
     }
 
-    /// Holds every `sync_data` of a file in the fault scope until [`SimFs::release_writes`], as
+    /// Holds every `sync_data` of a file in the fault scope until [`SimFs::release_held`], as
     /// a disk slow to flush would: the call blocks its thread, then goes through. Writes are not
     /// held unless [`SimFs::hold_writes`] says so too.
     pub fn hold_syncs(&self) {
         self.gate.lock().syncs_closed = true;
     }
 
-    /// Lets held writes and syncs, and every later one, go through.
-    pub fn release_writes(&self) {
+    /// Lets held writes and syncs, and every later one, go through: both holds end.
+    pub fn release_held(&self) {
         let mut g = self.gate.lock();
         g.closed = false;
         g.syncs_closed = false;
@@ -253,9 +253,9 @@ impl SimFs {
         self.gate.changed.notify_all();
     }
 
-    /// Waits until at least `n` writes or syncs are being held, for at most `timeout`; whether
-    /// they are.
-    pub fn wait_for_held_writes(&self, n: usize, timeout: Duration) -> bool {
+    /// Waits until at least `n` calls (writes and syncs together) are being held, for at most
+    /// `timeout`; whether they are. A test that holds one kind at a time knows which.
+    pub fn wait_for_held(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = self.gate.lock();
         while g.waiting < n {
