@@ -1,28 +1,33 @@
 //! One client connection: framing, the handshake, request limits, ordered puts, and responses.
 //!
-//! The reader decodes frames and hands each request on; a writer task sends the answers as they
-//! complete, matched by correlation id (so a slow read never holds up a fast put). Reads and admin
-//! requests run as tasks of their own. Puts go to the connection's put lane (`put_lane.rs`), a
-//! thread that writes them one after another in arrival order, so a client that pipelines puts
-//! for a key keeps their order, and only their acknowledgements (the fsync waits) overlap. At most
+//! Every connection runs on a thread of its own, under a single-threaded runtime
+//! ([`serve_on_own_thread`]). Its reader decodes frames; a writer task on the same thread sends
+//! the answers as they complete, matched by correlation id (so a slow read never holds up a fast
+//! put). Puts are written by the reader itself, one after another before the next frame is read,
+//! so a client that pipelines puts for a key keeps their order; only their acknowledgements (the
+//! fsync waits) overlap, on the server's runtime. Reads and admin requests run as tasks on the
+//! server's runtime too, whose blocking pool runs their broker calls. At most
 //! `max_in_flight_per_connection` requests run at once; past that the reader stops reading, which
 //! pushes back on the client through TCP.
 //!
 //! A put's write is usually a short copy into the page cache, but it can block for long: under
 //! `fsync=always` on a segment roll (which fsyncs the sealed segment under the partition's lock),
 //! under every policy on the kernel throttling a writer far ahead of the disk, or on a split or
-//! merge holding the partition. It must not block a runtime thread: tasks queued there would wait,
-//! and while the other threads sleep nobody polls for I/O, so other connections would go
-//! unanswered until the write returns (the test
-//! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). Hence a thread of the
-//! connection's own. Unlike the blocking pool, which the reader had to wait for to keep the
-//! order, the lane keeps the order itself, so the reader goes on reading, and a held put holds up
-//! only the puts behind it. It costs about as much CPU per put as the pool did: the saving that
-//! writing on the reader's own thread measured came from doing the whole put on one thread
-//! (docs/benchmarks.md, "The put lane").
+//! merge holding the partition. A thread that serves other connections must not block on it:
+//! tasks queued there would wait, and while the other threads sleep nobody polls for I/O, so
+//! other connections would go unanswered until the write returns (the test
+//! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). On a thread of the
+//! connection's own, a blocked write holds up that connection only, and a put is received,
+//! written and answered without a hand-off between threads, which is what the measurements in
+//! docs/benchmarks.md ("A thread per connection") found to matter.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -32,11 +37,11 @@ use sluice_protocol::{ErrorCode, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tracing::debug;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
 
 use crate::handler;
-use crate::put_lane::{PutJob, PutLane};
 use crate::server::Shared;
 
 /// An encoded response frame on its way to the writer, with the share of the connection's memory
@@ -54,15 +59,132 @@ impl Outgoing {
 }
 
 /// Answers a connection over the limit with `Busy` and closes it.
-pub(crate) async fn refuse_busy(mut socket: TcpStream, limit: usize) {
-    let mut out = BytesMut::new();
-    ErrorResponse::new(
-        ErrorCode::Busy,
+pub(crate) async fn refuse_busy(socket: TcpStream, limit: usize) {
+    refuse(
+        socket,
         format!("the server already has its maximum of {limit} connections; retry later"),
     )
-    .encode(Kind::Hello as u16, 0, &mut out);
+    .await;
+}
+
+/// Answers a connection the server cannot serve now with `Busy` and closes it.
+async fn refuse(mut socket: TcpStream, message: String) {
+    let mut out = BytesMut::new();
+    ErrorResponse::new(ErrorCode::Busy, message).encode(Kind::Hello as u16, 0, &mut out);
     let _ = socket.write_all(&out).await;
     let _ = socket.shutdown().await;
+}
+
+/// [`refuse`] from a plain thread: the answer is a few dozen bytes, which a fresh connection's
+/// send buffer takes at once.
+fn refuse_blocking(mut socket: std::net::TcpStream, message: &str) {
+    use std::io::Write;
+    let mut out = BytesMut::new();
+    ErrorResponse::new(ErrorCode::Busy, message).encode(Kind::Hello as u16, 0, &mut out);
+    let _ = socket.set_nonblocking(false);
+    let _ = socket.write_all(&out);
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+}
+
+/// Stack of a connection's thread, as tokio gives its own threads: the connection's futures run
+/// on it, and only the pages it touches cost memory.
+const CONNECTION_STACK_BYTES: usize = 2 << 20;
+
+/// Runs [`serve`] on a thread of the connection's own, under a single-threaded runtime, and
+/// returns once it has ended. Dropped early (as by `Server::abort`), it tells the thread to drop
+/// the connection, which happens at once unless a write holds the thread, and then when the
+/// write returns.
+pub(crate) async fn serve_on_own_thread(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let server_rt = Handle::current();
+    // The socket moves over once the thread exists, so that it can still be refused if the
+    // thread cannot be started.
+    let socket = match socket.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(%peer, error = %e, "a connection closed before it could be served");
+            return;
+        }
+    };
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stop_seen = Arc::clone(&stopped);
+    let (socket_tx, socket_rx) = std::sync::mpsc::sync_channel::<std::net::TcpStream>(1);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name("sluice-conn".into())
+        .stack_size(CONNECTION_STACK_BYTES)
+        .spawn(move || {
+            let Ok(socket) = socket_rx.recv() else {
+                return;
+            };
+            // Built here: a runtime must not be dropped on another runtime's thread, as it
+            // would be if this thread failed to start with it inside.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(%peer, error = %e, "cannot build a runtime for a connection");
+                    refuse_blocking(
+                        socket,
+                        &format!("the server cannot take this connection now ({e}); retry later"),
+                    );
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let socket = match TcpStream::from_std(socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "cannot register a connection");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    // The sender goes when the server drops the connection.
+                    _ = stop_rx => {}
+                    () = serve(shared, socket, peer, server_rt, &stop_seen) => {}
+                }
+            });
+            // The connection's tasks end with its runtime.
+            drop(runtime);
+            let _ = done_tx.send(());
+        });
+    match started {
+        Ok(_) => {
+            let _ = socket_tx.send(socket);
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot start a thread for a connection");
+            if let Ok(socket) = TcpStream::from_std(socket) {
+                refuse(
+                    socket,
+                    format!(
+                        "the server cannot start a thread for this connection ({e}); retry later"
+                    ),
+                )
+                .await;
+            }
+            return;
+        }
+    }
+    // Held until the thread is done; dropped with this future, it stops the connection.
+    let _stop = StopOnDrop(Arc::clone(&stopped), Some(stop_tx));
+    let _ = done_rx.await;
+}
+
+/// Tells a connection's thread to stop: the flag for the reader, which checks it before each
+/// request (it may be busy with requests already received and never wait), and the channel for
+/// a connection that waits.
+struct StopOnDrop(Arc<AtomicBool>, Option<oneshot::Sender<()>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+        drop(self.1.take());
+    }
 }
 
 enum ReadOutcome {
@@ -163,7 +285,7 @@ fn reservation(shared: &Shared, body_len: usize, request: &Request) -> usize {
             bytes + records * 40
         }
         // A decoded put holds a few words per record or batch besides its frame's bytes, and up
-        // to the in-flight limit of them may wait in the put lane.
+        // to the in-flight limit of them may wait for their fsync.
         Request::Put { records, .. } => {
             4096 + records.len() * std::mem::size_of::<sluice_protocol::message::PutRecord>()
         }
@@ -186,7 +308,15 @@ impl Drop for AbortOnDrop {
 }
 
 /// Serves one connection until the client leaves, the framing breaks, or the server shuts down.
-pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+/// It runs on the connection's own thread (see the module docs); `server_rt` is the server's
+/// runtime, where its requests other than puts, and the fsync waits of puts, run.
+async fn serve(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    server_rt: Handle,
+    stopped: &AtomicBool,
+) {
     let (mut rd, mut wr) = socket.into_split();
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight_per_connection));
     // Memory a connection may hold in requests and answers not yet written: past it, the server
@@ -212,12 +342,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     let mut shutdown = shared.shutdown_rx();
     let mut greeted = false;
     let mut requests = tokio::task::JoinSet::new();
-    // Started with the connection's first put, so connections that only read cost no thread.
-    // Declared after the writer, it is dropped before the writer's task is aborted when this
-    // future is dropped (`Server::abort`): the lane is told to drop its queued puts before the
-    // answer channel closes.
-    let mut lane: Option<PutLane> = None;
     loop {
+        // Dropped by the server (`Server::abort`): no further request is taken, so that what
+        // the client sent after the one in hand is not written, as after a crash.
+        if stopped.load(Ordering::Acquire) || shared.aborted.load(Ordering::Acquire) {
+            return;
+        }
         let outcome = tokio::select! {
             o = read_frame(&shared, &mut rd, &mut buf) => o,
             // Stop taking requests; the ones in flight are still answered below.
@@ -329,70 +459,123 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 let _ = out_tx.send(encode_answer(kind, id, answer)).await;
             }
             request @ (Request::Put { .. } | Request::PutBatches { .. }) => {
-                // Handed to the lane in arrival order; the reader goes on at once.
-                let job = PutJob {
-                    kind,
-                    id,
-                    request,
-                    started: Instant::now(),
-                    permit,
-                    budget,
-                };
-                if lane.is_none() {
-                    match PutLane::start(Arc::clone(&shared), out_tx.clone()) {
-                        Ok(started) => lane = Some(started),
-                        Err(e) => {
-                            // Closing is the only answer that keeps the order of the puts the
-                            // client has pipelined behind this one: a later one must not land
-                            // before this one's retry.
-                            let e = ErrorResponse::new(
-                                ErrorCode::Busy,
-                                format!(
-                                    "cannot start a thread for this connection's puts ({e}); retry later"
-                                ),
-                            );
-                            let _ = out_tx
-                                .send(encode_answer(kind, id, Err(e)).holding(job.budget))
-                                .await;
-                            break;
-                        }
+                // Written here, on the connection's own thread, before the next frame is read:
+                // that keeps the connection's puts in order, and a write that blocks holds up
+                // this connection only.
+                let started = Instant::now();
+                // A panic in the broker is a bug; it fails this put with `Internal` and the
+                // connection goes on, as it would for any other request.
+                let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    handler::submit_write(&shared, request)
+                }))
+                .unwrap_or_else(|_| Err(internal()));
+                match written {
+                    Ok(put) if !put.is_acknowledged() => {
+                        // The fsync wait runs on the server's runtime and overlaps with the
+                        // puts that follow (group commit).
+                        let shared = Arc::clone(&shared);
+                        let out_tx = out_tx.clone();
+                        requests.spawn_on(
+                            async move {
+                                let finish = handler::finish_put(&shared, put, started);
+                                let answer = CatchUnwind(Box::pin(finish))
+                                    .await
+                                    .unwrap_or_else(|_| Err(internal()));
+                                let _ = out_tx
+                                    .send(encode_answer(kind, id, answer).holding(budget))
+                                    .await;
+                                drop(permit);
+                            },
+                            &server_rt,
+                        );
+                        while requests.try_join_next().is_some() {}
                     }
-                }
-                if let Some(Err(job)) = lane.as_ref().map(|lane| lane.submit(job)) {
-                    let e = ErrorResponse::new(
-                        ErrorCode::Internal,
-                        "this connection's put lane has stopped",
-                    );
-                    let _ = out_tx
-                        .send(encode_answer(kind, id, Err(e)).holding(job.budget))
-                        .await;
-                    break;
+                    written => {
+                        let answer = written.and_then(|put| {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                handler::finish_acknowledged(&shared, put, started)
+                            }))
+                            .unwrap_or_else(|_| Err(internal()))
+                        });
+                        let _ = out_tx
+                            .send(encode_answer(kind, id, answer).holding(budget))
+                            .await;
+                        drop(permit);
+                    }
                 }
             }
             other => {
                 let shared = Arc::clone(&shared);
                 let out_tx = out_tx.clone();
-                requests.spawn(async move {
-                    let answer = handler::handle(shared, other).await;
-                    let _ = out_tx
-                        .send(encode_answer(kind, id, answer).holding(budget))
-                        .await;
-                    drop(permit);
-                });
+                // On the server's runtime, whose blocking pool runs the broker calls: the
+                // connection's own runtime has no pool of its own to spare.
+                requests.spawn_on(
+                    async move {
+                        let answer = handler::handle(shared, other).await;
+                        let _ = out_tx
+                            .send(encode_answer(kind, id, answer).holding(budget))
+                            .await;
+                        drop(permit);
+                    },
+                    &server_rt,
+                );
                 while requests.try_join_next().is_some() {}
             }
         }
     }
     // Finish what was taken: every request read is answered before the connection closes.
     while requests.join_next().await.is_some() {}
-    // Puts handed to the lane, and their fsync waits, each hold an in-flight permit until their
-    // answer is queued: once every permit is back, every put is answered.
-    let all = u32::try_from(shared.config.max_in_flight_per_connection).unwrap_or(u32::MAX);
-    let _ = in_flight.acquire_many(all).await;
-    if let Some(lane) = lane {
-        lane.finish();
-    }
     drop(out_tx);
     let _ = (&mut writer.0).await;
     debug!(%peer, "connection closed");
+}
+
+/// The answer to a put that panicked inside the server.
+fn internal() -> ErrorResponse {
+    ErrorResponse::new(ErrorCode::Internal, "the put failed inside the server")
+}
+
+/// A future whose panics come out as `Err`, as `catch_unwind` makes of a closure's: each poll of
+/// the inner future runs inside `catch_unwind`.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime for the test")
+            .block_on(f)
+    }
+
+    #[test]
+    fn catch_unwind_passes_values_through_and_turns_panics_into_errors() {
+        assert_eq!(
+            run(CatchUnwind(Box::pin(async { 7 }))).ok(),
+            Some(7),
+            "a future that completes"
+        );
+        let yields_then_panics = async {
+            tokio::task::yield_now().await;
+            panic!("inside the future");
+        };
+        let caught: std::thread::Result<()> = run(CatchUnwind(Box::pin(yields_then_panics)));
+        let panic = caught.expect_err("the panic comes out as an error");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"inside the future"));
+    }
 }

@@ -1,7 +1,8 @@
 //! Executes requests against the broker. Broker calls block (disk I/O, fsync), so none runs on a
-//! runtime thread: a put's write runs on its connection's put lane, which keeps the connection's
-//! puts in order (see `put_lane.rs`), and every other call, fsync waits included, on tokio's
-//! blocking pool, where a dropped request future does not cancel a call already handed over.
+//! thread that serves other connections: a put's write runs on its connection's own thread,
+//! which keeps the connection's puts in order (see `connection.rs`), and every other call, fsync
+//! waits included, on the server runtime's blocking pool, where a dropped request future does
+//! not cancel a call already handed over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,8 +284,8 @@ pub(crate) fn submit_write(shared: &Shared, request: Request) -> Result<WrittenP
 }
 
 /// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
-/// its acknowledgement. It blocks on disk I/O: the caller runs it on the connection's put lane,
-/// never on a runtime thread.
+/// its acknowledgement. It blocks on disk I/O: the caller runs it on the connection's own thread,
+/// never on one that serves other connections.
 pub(crate) fn submit_put(
     shared: &Shared,
     stream: String,

@@ -27,7 +27,6 @@ mod connection;
 mod errors;
 mod handler;
 mod notify;
-mod put_lane;
 mod server;
 mod stats;
 

@@ -48,6 +48,10 @@ pub(crate) struct Shared {
     pub config: ServerConfig,
     pub stats: Stats,
     pub notify: Notifier,
+    /// Set first thing by [`Server::abort`], so that a connection busy with requests it has
+    /// already received takes no further one, whatever its thread is doing when the abort
+    /// reaches it.
+    pub aborted: std::sync::atomic::AtomicBool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -109,6 +113,7 @@ impl Server {
             config,
             stats: Stats::new(),
             notify: Notifier::default(),
+            aborted: std::sync::atomic::AtomicBool::new(false),
             shutdown: shutdown_rx,
         });
         let accept = tokio::spawn(accept_loop(Arc::clone(&shared), listener));
@@ -166,6 +171,9 @@ impl Server {
     /// recovers. What was acknowledged is durable already. Returns once the data directory is
     /// released.
     pub async fn abort(self) {
+        // Before any await, so that the first poll of this future stops every connection from
+        // taking another request.
+        self.shared.aborted.store(true, Ordering::Release);
         self.accept.abort();
         self.retention.abort();
         let _ = self.accept.await;
@@ -228,7 +236,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                         .stats
                         .connections_open
                         .fetch_add(1, Ordering::Relaxed);
-                    connection::serve(Arc::clone(&shared), socket, peer).await;
+                    connection::serve_on_own_thread(Arc::clone(&shared), socket, peer).await;
                     shared
                         .stats
                         .connections_open

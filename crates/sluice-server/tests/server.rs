@@ -84,6 +84,22 @@ impl Conn {
         id
     }
 
+    /// Sends requests in one write, so that the server receives them together.
+    async fn send_together(&mut self, reqs: &[Request]) -> Vec<u64> {
+        let mut out = BytesMut::new();
+        let ids = reqs
+            .iter()
+            .map(|req| {
+                let id = self.next_id;
+                self.next_id += 1;
+                req.encode(id, &mut out);
+                id
+            })
+            .collect();
+        self.s.write_all(&out).await.unwrap();
+        ids
+    }
+
     /// Reads one frame; `None` when the server closed the connection.
     async fn recv(&mut self) -> Option<(u64, Answer)> {
         loop {
@@ -1045,8 +1061,8 @@ async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
 
 /// A write the kernel holds (here: the simulated file system holds every write to one stream)
 /// holds the thread that makes it. Two such writes at once, on a runtime of two threads, must
-/// still leave other connections answered: puts are written on each connection's put lane, never
-/// on the runtime's own threads. (Writing them on the reader's thread fails this test: with the
+/// still leave other connections answered: each connection's puts are written on the
+/// connection's own thread, never on a thread that serves other connections. (Writing them on the reader's thread fails this test: with the
 /// runtime's threads held or asleep, nobody polls for I/O.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
@@ -1145,10 +1161,11 @@ fn put_one(stream: &str, value: &'static str) -> Request {
     }
 }
 
-/// A put held by the kernel holds back only the puts behind it on its connection: the same
-/// connection's reads are still answered, and its queued puts are written once it is, in order.
+/// A put held by the kernel holds up its own connection, and only it: another connection is
+/// answered meanwhile, and once the write returns, the puts the client pipelined behind it are
+/// written after it, in order, and its read is answered.
 #[test]
-fn a_held_put_holds_back_only_the_puts_behind_it() {
+fn a_held_put_holds_up_only_its_own_connection_and_keeps_its_order() {
     let (server_rt, client_rt) = split_runtimes();
     let (fs, server) = server_rt.block_on(server_on_sim_fs(FsyncPolicy::Never));
     let addr = server.local_addr();
@@ -1166,28 +1183,32 @@ fn a_held_put_holds_back_only_the_puts_behind_it() {
         fs.hold_writes();
         let first = c.send(&put_one("a", "1")).await;
         let second = c.send(&put_one("a", "2")).await;
+        let read = c.send(&read_req("b", 0, ReadFrom::Earliest, 0)).await;
         assert!(
             fs.wait_for_held(1, Duration::from_secs(30)),
             "the first put never reached the disk"
         );
-        // Answered while the put before it is held (`recv` gives up after 20 s).
-        let read = c.send(&read_req("b", 0, ReadFrom::Earliest, 0)).await;
-        let (id, answer) = c.recv().await.expect("connection closed");
-        assert_eq!(id, read, "the read must be answered first: {answer:?}");
-        let Ok(Response::Read(r)) = answer else {
-            panic!("{answer:?}")
-        };
-        assert_eq!(r.records.len(), 1);
+        // Another connection is answered while this one's put is held (`recv` gives up after
+        // 20 s).
+        let mut other = Conn::open(addr).await;
+        assert!(matches!(
+            other.call(put_one("b", "other")).await,
+            Ok(Response::Put(_))
+        ));
 
         fs.release_held();
-        for (want_id, want_offset) in [(first, 0), (second, 1)] {
+        let mut answers = std::collections::BTreeMap::new();
+        for _ in 0..3 {
             let (id, answer) = c.recv().await.expect("connection closed");
-            assert_eq!(id, want_id);
-            let Ok(Response::Put(acks)) = answer else {
-                panic!("{answer:?}")
-            };
-            assert_eq!(acks[0].offset, want_offset);
+            answers.insert(id, answer);
         }
+        for (id, offset) in [(first, 0), (second, 1)] {
+            let Some(Ok(Response::Put(acks))) = answers.get(&id) else {
+                panic!("{answers:?}")
+            };
+            assert_eq!(acks[0].offset, offset);
+        }
+        assert!(matches!(answers.get(&read), Some(Ok(Response::Read(_)))));
         let Ok(Response::Read(r)) = c.call(read_req("a", 0, ReadFrom::Earliest, 0)).await else {
             panic!()
         };
@@ -1197,41 +1218,48 @@ fn a_held_put_holds_back_only_the_puts_behind_it() {
     server_rt.block_on(server.shutdown()).unwrap();
 }
 
-/// `Server::abort` is a crash as far as the files go: puts the connection had taken but not yet
-/// written are dropped, not written after the connection is gone, and the data directory is
-/// released once the write in progress returns.
+/// `Server::abort` is a crash as far as the files go: the requests a connection had not yet
+/// taken are dropped, not written after the abort, even when its thread was held in a write at
+/// the time; the connection closes, and the data directory is released, once that write returns.
 #[test]
-fn an_abort_drops_the_puts_queued_behind_a_held_write() {
+fn an_abort_writes_nothing_behind_a_held_write() {
     let (server_rt, client_rt) = split_runtimes();
     let (fs, server) = server_rt.block_on(server_on_sim_fs(FsyncPolicy::Never));
     let addr = server.local_addr();
     let _release = ReleaseOnDrop(fs.clone());
-    let mut c = client_rt.block_on(async {
+    let (mut c, first) = client_rt.block_on(async {
         let mut c = Conn::open(addr).await;
         c.call(create("a", 1)).await.unwrap();
-        c.call(create("b", 1)).await.unwrap();
         fs.scope_faults(Some(std::path::Path::new("/data/streams/a.0")));
         fs.hold_writes();
-        for v in ["1", "2", "3"] {
-            c.send(&put_one("a", v)).await;
-        }
+        // In one write: the server reads them together, and has the later two in hand, not
+        // waiting in the socket, while the first one's write is held.
+        let ids = c
+            .send_together(&[put_one("a", "1"), put_one("a", "2"), put_one("a", "3")])
+            .await;
+        let first = ids[0];
         assert!(
             fs.wait_for_held(1, Duration::from_secs(30)),
             "the first put never reached the disk"
         );
-        // Frames are taken in order, so once this read is answered, puts 2 and 3 are queued
-        // behind the held one.
-        let read = c.send(&read_req("b", 0, ReadFrom::Earliest, 0)).await;
-        let (id, _) = c.recv().await.expect("connection closed");
-        assert_eq!(id, read);
-        c
+        (c, first)
     });
 
-    let aborted = server_rt.spawn(server.abort());
-    // The connection is cut at once, without the held put's answer.
-    assert!(client_rt.block_on(c.recv()).is_none());
+    // The abort's first poll stops the connections from taking further requests; it then waits
+    // for the held write, so it is polled once before the write is let go.
+    let mut aborted = Box::pin(server.abort());
+    server_rt.block_on(async {
+        let once = tokio::time::timeout(Duration::from_millis(1), &mut aborted).await;
+        assert!(once.is_err(), "the abort waits for the held write");
+    });
     fs.release_held();
-    server_rt.block_on(aborted).unwrap();
+    server_rt.block_on(aborted);
+    // The connection is closed; at most the held put was answered.
+    client_rt.block_on(async {
+        while let Some((id, answer)) = c.recv().await {
+            assert_eq!(id, first, "{answer:?}");
+        }
+    });
 
     let broker = sluice_broker::Broker::open_with_fs(
         std::sync::Arc::new(fs.clone()),
