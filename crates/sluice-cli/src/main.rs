@@ -7,6 +7,7 @@ mod bench;
 mod client_cmds;
 mod group_cmds;
 mod inspect;
+mod limits;
 mod output;
 mod serve;
 mod verify;

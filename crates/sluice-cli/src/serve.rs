@@ -200,6 +200,16 @@ pub fn run(args: Args) -> CmdResult {
             "sluice: warning: fsync=never: acknowledged data may be lost on power failure; use it only for benchmarks and throwaway data"
         );
     }
+    if let Some(open_files) = crate::limits::raise_open_files() {
+        let room = crate::limits::connections_within(open_files);
+        if room < config.max_connections as u64 {
+            eprintln!(
+                "sluice: warning: the open-file limit ({open_files}) leaves room for about {room} connections, fewer than max_connections ({}): each takes {} file descriptors; raise the limit (ulimit -n) or lower max_connections",
+                config.max_connections,
+                crate::limits::DESCRIPTORS_PER_CONNECTION
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

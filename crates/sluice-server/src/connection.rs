@@ -19,7 +19,9 @@
 //! `writes_held_by_the_kernel_do_not_stop_other_connections` shows it). On a thread of the
 //! connection's own, a blocked write holds up that connection only, and a put is received,
 //! written and answered without a hand-off between threads, which is what the measurements in
-//! docs/benchmarks.md ("A thread per connection") found to matter.
+//! docs/benchmarks.md ("A thread per connection") found to matter. The cost is a thread and
+//! three file descriptors per connection (the socket, and the runtime's epoll instance and
+//! eventfd); `sluice serve` raises its open-file limit accordingly.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -83,7 +85,9 @@ fn refuse_blocking(mut socket: std::net::TcpStream, message: &str) {
     ErrorResponse::new(ErrorCode::Busy, message).encode(Kind::Hello as u16, 0, &mut out);
     let _ = socket.set_nonblocking(false);
     let _ = socket.write_all(&out);
-    let _ = socket.shutdown(std::net::Shutdown::Both);
+    // Only the write side: closing both with the client's `Hello` unread could reset the
+    // connection and lose the answer.
+    let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 
 /// Stack of a connection's thread, as tokio gives its own threads: the connection's futures run
@@ -93,7 +97,9 @@ const CONNECTION_STACK_BYTES: usize = 2 << 20;
 /// Runs [`serve`] on a thread of the connection's own, under a single-threaded runtime, and
 /// returns once it has ended. Dropped early (as by `Server::abort`), it tells the thread to drop
 /// the connection, which happens at once unless a write holds the thread, and then when the
-/// write returns.
+/// write returns: the thread outlives this future, and holds the server's shared state (so the
+/// broker and its data directory) until then. `Server::abort` and `Server::shutdown` wait for
+/// that, up to a minute.
 pub(crate) async fn serve_on_own_thread(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let server_rt = Handle::current();
     // The socket moves over once the thread exists, so that it can still be refused if the
@@ -353,6 +359,11 @@ async fn serve(
             // Stop taking requests; the ones in flight are still answered below.
             _ = shutdown.wait_for(|s| *s) => break,
         };
+        // Checked again once a frame is in hand: the reader may have been waiting for it when
+        // the abort came.
+        if stopped.load(Ordering::Acquire) || shared.aborted.load(Ordering::Acquire) {
+            return;
+        }
         let (header, body) = match outcome {
             ReadOutcome::Frame(h, b) => (h, b),
             ReadOutcome::Closed => break,
@@ -511,7 +522,15 @@ async fn serve(
                 // connection's own runtime has no pool of its own to spare.
                 requests.spawn_on(
                     async move {
-                        let answer = handler::handle(shared, other).await;
+                        // A panic answers `Internal` rather than leave the request unanswered.
+                        let answer = CatchUnwind(Box::pin(handler::handle(shared, other)))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(ErrorResponse::new(
+                                    ErrorCode::Internal,
+                                    "the request failed inside the server",
+                                ))
+                            });
                         let _ = out_tx
                             .send(encode_answer(kind, id, answer).holding(budget))
                             .await;

@@ -171,8 +171,9 @@ impl Server {
     /// recovers. What was acknowledged is durable already. Returns once the data directory is
     /// released.
     pub async fn abort(self) {
-        // Before any await, so that the first poll of this future stops every connection from
-        // taking another request.
+        // Before any await, so that once this future has been polled no connection takes
+        // another request: each checks the flag before it reads a frame and again once it has
+        // one.
         self.shared.aborted.store(true, Ordering::Release);
         self.accept.abort();
         self.retention.abort();

@@ -1062,8 +1062,9 @@ async fn under_never_a_full_disk_is_a_typed_error_and_the_connection_goes_on() {
 /// A write the kernel holds (here: the simulated file system holds every write to one stream)
 /// holds the thread that makes it. Two such writes at once, on a runtime of two threads, must
 /// still leave other connections answered: each connection's puts are written on the
-/// connection's own thread, never on a thread that serves other connections. (Writing them on the reader's thread fails this test: with the
-/// runtime's threads held or asleep, nobody polls for I/O.)
+/// connection's own thread, never on a thread that serves other connections. (Writing them on
+/// the server runtime's threads fails this test: with those held or asleep, nobody polls for
+/// I/O.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_held_by_the_kernel_do_not_stop_other_connections() {
     let (fs, server) = server_on_sim_fs(FsyncPolicy::Never).await;
