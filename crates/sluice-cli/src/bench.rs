@@ -672,11 +672,12 @@ async fn run_load(addr: &str, load: &Load, bar: &ProgressBar) -> Result<Measured
 
 /// MiB/s of keys and values the load reaches against the loopback sink (see `sink.rs`).
 ///
-/// The sink runs on a runtime of its own, built as the embedded server's is, so that it meets
-/// the load as the server does: from other threads, across the loopback. On the load
-/// generator's own runtime it would share the generator's threads, and a put would often be
-/// taken off the socket by the thread that had just sent it, an advantage no separate server
-/// has.
+/// The sink accepts on a runtime of its own and serves each connection on a thread of its own,
+/// as the embedded server does, so that it meets the load as the server does: from other
+/// threads, across the loopback, with the same threading. On the load generator's own runtime
+/// it would share the generator's threads, and a put would often be taken off the socket by the
+/// thread that had just sent it, an advantage no separate server has; on a shared runtime it
+/// would stall its other connections during each write, a handicap the server no longer has.
 async fn ceiling_run(target: &Target, load: &Load) -> Result<f64, BoxError> {
     let dir = target
         .scratch_dir()

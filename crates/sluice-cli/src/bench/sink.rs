@@ -30,12 +30,17 @@ pub struct Sink {
     task: JoinHandle<()>,
     /// The files written, one per connection (as the server writes one file per partition).
     paths: Arc<Mutex<Vec<PathBuf>>>,
-    /// The connections' tasks, each holding its file open.
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The connections: each one's thread, which holds its file open, and a handle on its
+    /// socket to cut it.
+    conns: Arc<Mutex<Vec<Connection>>>,
 }
 
+/// A connection's thread, and a handle on its socket to cut it.
+type Connection = (std::thread::JoinHandle<()>, std::net::TcpStream);
+
 impl Sink {
-    /// Listens on a free loopback port; each connection appends to a new file in `dir`.
+    /// Listens on a free loopback port; each connection appends to a new file in `dir`, on a
+    /// thread of its own under a single-threaded runtime, as the server serves its connections.
     pub async fn start(dir: &Path) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -55,13 +60,31 @@ impl Sink {
                 if let Ok(mut made) = made.lock() {
                     made.push(path);
                 }
-                // A broken connection only ends its own task; the load generator reports the
+                let Ok(conn) = conn.into_std() else {
+                    continue;
+                };
+                let Ok(cut) = conn.try_clone() else {
+                    continue;
+                };
+                // A broken connection only ends its own thread; the load generator reports the
                 // failed put.
-                let handle = tokio::spawn(async move {
-                    let _ = serve(conn, file).await;
-                });
-                if let Ok(mut spawned) = spawned.lock() {
-                    spawned.push(handle);
+                let thread = std::thread::Builder::new()
+                    .name("sluice-sink-conn".into())
+                    .spawn(move || {
+                        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        else {
+                            return;
+                        };
+                        runtime.block_on(async move {
+                            if let Ok(conn) = TcpStream::from_std(conn) {
+                                let _ = serve(conn, file).await;
+                            }
+                        });
+                    });
+                if let (Ok(thread), Ok(mut spawned)) = (thread, spawned.lock()) {
+                    spawned.push((thread, cut));
                 }
             }
         });
@@ -79,27 +102,27 @@ impl Sink {
     /// after the load's clients left are cut after a second.
     pub async fn stop(self) {
         self.task.abort();
-        let conns: Vec<JoinHandle<()>> = self
+        let conns: Vec<_> = self
             .conns
             .lock()
             .map(|mut c| std::mem::take(&mut *c))
             .unwrap_or_default();
-        for c in conns {
-            let abort = c.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(1), c)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
-        }
         let paths: Vec<PathBuf> = self
             .paths
             .lock()
             .map(|mut p| std::mem::take(&mut *p))
             .unwrap_or_default();
-        // Deleting on a blocking thread: with the descriptors closed, the unlink frees the pages.
+        // On a blocking thread: joining the connections' threads, then deleting (with the
+        // descriptors closed, the unlink frees the pages).
         let _ = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            for (thread, cut) in conns {
+                while !thread.is_finished() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                let _ = cut.shutdown(std::net::Shutdown::Both);
+                let _ = thread.join();
+            }
             for p in paths {
                 let _ = std::fs::remove_file(p);
             }
@@ -117,8 +140,8 @@ impl Drop for Sink {
     fn drop(&mut self) {
         self.task.abort();
         if let Ok(conns) = self.conns.lock() {
-            for c in conns.iter() {
-                c.abort();
+            for (_, cut) in conns.iter() {
+                let _ = cut.shutdown(std::net::Shutdown::Both);
             }
         }
         if let Ok(paths) = self.paths.lock() {
@@ -131,9 +154,8 @@ impl Drop for Sink {
 
 /// Answers `Hello`, `Put` (with one made-up acknowledgement per record, which is what the
 /// client checks) and `PutBatches` (one per batch) and refuses the rest, in order, like the
-/// server does per connection. The write blocks this task's thread, as a short pwrite into the
-/// page cache does; the server hands its writes to a blocking pool instead (see its
-/// `connection.rs` for why), which costs it more, not less.
+/// server does per connection. The write blocks the connection's thread, as a short pwrite into
+/// the page cache does, and as the server's writes block its connections' threads.
 async fn serve(conn: TcpStream, mut file: File) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let (mut rd, mut wr) = conn.into_split();
