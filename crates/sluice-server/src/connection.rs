@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::handler;
@@ -347,7 +348,7 @@ async fn serve(
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut shutdown = shared.shutdown_rx();
     let mut greeted = false;
-    let mut requests = tokio::task::JoinSet::new();
+    let mut requests = JoinSet::new();
     loop {
         // Dropped by the server (`Server::abort`): no further request is taken, so that what
         // the client sent after the one in hand is not written, as after a crash.
@@ -485,21 +486,15 @@ async fn serve(
                         // The fsync wait runs on the server's runtime and overlaps with the
                         // puts that follow (group commit).
                         let shared = Arc::clone(&shared);
-                        let out_tx = out_tx.clone();
-                        requests.spawn_on(
-                            async move {
-                                let finish = handler::finish_put(&shared, put, started);
-                                let answer = CatchUnwind(Box::pin(finish))
-                                    .await
-                                    .unwrap_or_else(|_| Err(internal()));
-                                let _ = out_tx
-                                    .send(encode_answer(kind, id, answer).holding(budget))
-                                    .await;
-                                drop(permit);
-                            },
+                        let work = async move { handler::finish_put(&shared, put, started).await };
+                        answer_on_server(
+                            &mut requests,
                             &server_rt,
+                            &out_tx,
+                            (kind, id),
+                            (permit, budget),
+                            work,
                         );
-                        while requests.try_join_next().is_some() {}
                     }
                     written => {
                         let answer = written.and_then(|put| {
@@ -516,29 +511,15 @@ async fn serve(
                 }
             }
             other => {
-                let shared = Arc::clone(&shared);
-                let out_tx = out_tx.clone();
-                // On the server's runtime, whose blocking pool runs the broker calls: the
-                // connection's own runtime has no pool of its own to spare.
-                requests.spawn_on(
-                    async move {
-                        // A panic answers `Internal` rather than leave the request unanswered.
-                        let answer = CatchUnwind(Box::pin(handler::handle(shared, other)))
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(ErrorResponse::new(
-                                    ErrorCode::Internal,
-                                    "the request failed inside the server",
-                                ))
-                            });
-                        let _ = out_tx
-                            .send(encode_answer(kind, id, answer).holding(budget))
-                            .await;
-                        drop(permit);
-                    },
+                let work = handler::handle(Arc::clone(&shared), other);
+                answer_on_server(
+                    &mut requests,
                     &server_rt,
+                    &out_tx,
+                    (kind, id),
+                    (permit, budget),
+                    work,
                 );
-                while requests.try_join_next().is_some() {}
             }
         }
     }
@@ -549,9 +530,39 @@ async fn serve(
     debug!(%peer, "connection closed");
 }
 
-/// The answer to a put that panicked inside the server.
+/// The answer to a request that panicked inside the server.
 fn internal() -> ErrorResponse {
-    ErrorResponse::new(ErrorCode::Internal, "the put failed inside the server")
+    ErrorResponse::new(ErrorCode::Internal, "the request failed inside the server")
+}
+
+/// Runs a request's `work` as a task on the server's runtime, whose blocking pool runs the
+/// broker calls (the connection's own runtime has no pool to spare), and queues its answer. The
+/// answer holds the request's share of the memory budget until it is written; the in-flight
+/// permit goes once it is queued. A panic answers `Internal` rather than leave the request
+/// unanswered.
+fn answer_on_server(
+    requests: &mut JoinSet<()>,
+    server_rt: &Handle,
+    out_tx: &mpsc::Sender<Outgoing>,
+    (kind, id): (u16, u64),
+    (permit, budget): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    work: impl Future<Output = Result<Response, ErrorResponse>> + Send + 'static,
+) {
+    let out_tx = out_tx.clone();
+    requests.spawn_on(
+        async move {
+            let answer = CatchUnwind(Box::pin(work))
+                .await
+                .unwrap_or_else(|_| Err(internal()));
+            let _ = out_tx
+                .send(encode_answer(kind, id, answer).holding(budget))
+                .await;
+            drop(permit);
+        },
+        server_rt,
+    );
+    // Reap the finished ones, so the set holds only what is still running.
+    while requests.try_join_next().is_some() {}
 }
 
 /// A future whose panics come out as `Err`, as `catch_unwind` makes of a closure's: each poll of
