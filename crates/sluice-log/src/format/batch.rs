@@ -170,37 +170,44 @@ pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<RecordRef<'_>>), Corrupt
 
 /// Walks the records of a batch whose CRC has been verified, checking the layout and calling
 /// `f` for each. `batch` is exactly the batch's bytes.
+///
+/// Every framed put and every read of the log walks its records here, so the walk checks the
+/// bounds once per record header rather than once per field; a header cut short by the end of
+/// the batch is decoded field by field ([`short_record_header`]), so that its error is the one
+/// a field-by-field walk would give.
 pub fn for_each_record<'a>(
     header: &BatchHeader,
     batch: &'a [u8],
     mut f: impl FnMut(RecordRef<'a>),
 ) -> Result<(), CorruptionKind> {
-    let body = batch
+    let mut rest = batch
         .get(BATCH_HEADER_LEN..)
         .ok_or(CorruptionKind::Truncated {
             need: BATCH_HEADER_LEN as u64,
             have: batch.len() as u64,
         })?;
-    let mut r = Reader::new(body);
     for index in 0..header.record_count {
-        let layout = |_| CorruptionKind::BadRecordLayout { index };
-        let offset_delta = r.u32().map_err(layout)?;
+        let Some((fixed, tail)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() else {
+            return Err(short_record_header(header, rest, index));
+        };
+        let [o0, o1, o2, o3, t0, t1, t2, t3, k0, k1, v0, v1, v2, v3] = *fixed;
+        let offset_delta = u32::from_le_bytes([o0, o1, o2, o3]);
         if offset_delta != index {
             return Err(CorruptionKind::BadOffsetDelta {
                 index,
                 found: offset_delta,
             });
         }
-        let timestamp_delta = r.u32().map_err(layout)?;
-        let timestamp_ms = header
-            .first_timestamp_ms
-            .checked_add(u64::from(timestamp_delta))
-            .filter(|ts| *ts <= header.max_timestamp_ms)
-            .ok_or(CorruptionKind::BadTimestamp { index })?;
-        let key_len = r.u16().map_err(layout)?;
-        let value_len = r.u32().map_err(layout)?;
-        let key = r.take(usize::from(key_len)).map_err(layout)?;
-        let value = r.take(value_len as usize).map_err(layout)?;
+        let timestamp_ms = record_timestamp(header, u32::from_le_bytes([t0, t1, t2, t3]), index)?;
+        let key_len = usize::from(u16::from_le_bytes([k0, k1]));
+        let value_len = u32::from_le_bytes([v0, v1, v2, v3]) as usize;
+        let layout = CorruptionKind::BadRecordLayout { index };
+        if value_len > tail.len() || key_len > tail.len() - value_len {
+            return Err(layout);
+        }
+        let (key, tail) = tail.split_at(key_len);
+        let (value, tail) = tail.split_at(value_len);
+        rest = tail;
         f(RecordRef {
             offset: header.base_offset.saturating_add(u64::from(index)),
             timestamp_ms,
@@ -208,12 +215,45 @@ pub fn for_each_record<'a>(
             value,
         });
     }
-    if r.position() != body.len() {
+    if !rest.is_empty() {
         return Err(CorruptionKind::BadRecordLayout {
             index: header.record_count,
         });
     }
     Ok(())
+}
+
+/// The timestamp of record `index` from its delta, which must keep it within the batch's range.
+fn record_timestamp(header: &BatchHeader, delta: u32, index: u32) -> Result<u64, CorruptionKind> {
+    header
+        .first_timestamp_ms
+        .checked_add(u64::from(delta))
+        .filter(|ts| *ts <= header.max_timestamp_ms)
+        .ok_or(CorruptionKind::BadTimestamp { index })
+}
+
+/// The error for record `index` whose fixed fields are cut short by the end of the batch: the
+/// fields that are there are still checked in order, as a field-by-field walk would.
+#[cold]
+fn short_record_header(header: &BatchHeader, rest: &[u8], index: u32) -> CorruptionKind {
+    let layout = CorruptionKind::BadRecordLayout { index };
+    let mut r = Reader::new(rest);
+    let Ok(offset_delta) = r.u32() else {
+        return layout;
+    };
+    if offset_delta != index {
+        return CorruptionKind::BadOffsetDelta {
+            index,
+            found: offset_delta,
+        };
+    }
+    let Ok(timestamp_delta) = r.u32() else {
+        return layout;
+    };
+    match record_timestamp(header, timestamp_delta, index) {
+        Err(e) => e,
+        Ok(_) => layout,
+    }
 }
 
 /// A record read back from the log. Key and value share the batch's buffer (no copy).
@@ -826,6 +866,47 @@ mod tests {
         );
     }
 
+    /// The record walk as the format document reads: one bounds-checked field at a time. The
+    /// walk in use checks each record header at once and must give the same records and errors.
+    fn field_by_field_walk<'a>(
+        header: &BatchHeader,
+        batch: &'a [u8],
+    ) -> Result<Vec<RecordRef<'a>>, CorruptionKind> {
+        let mut r = Reader::new(&batch[BATCH_HEADER_LEN..]);
+        let mut out = Vec::new();
+        for index in 0..header.record_count {
+            let layout = |_| CorruptionKind::BadRecordLayout { index };
+            let offset_delta = r.u32().map_err(layout)?;
+            if offset_delta != index {
+                return Err(CorruptionKind::BadOffsetDelta {
+                    index,
+                    found: offset_delta,
+                });
+            }
+            let timestamp_ms = header
+                .first_timestamp_ms
+                .checked_add(u64::from(r.u32().map_err(layout)?))
+                .filter(|ts| *ts <= header.max_timestamp_ms)
+                .ok_or(CorruptionKind::BadTimestamp { index })?;
+            let key_len = r.u16().map_err(layout)?;
+            let value_len = r.u32().map_err(layout)?;
+            let key = r.take(usize::from(key_len)).map_err(layout)?;
+            let value = r.take(value_len as usize).map_err(layout)?;
+            out.push(RecordRef {
+                offset: header.base_offset + u64::from(index),
+                timestamp_ms,
+                key,
+                value,
+            });
+        }
+        if r.position() != batch.len() - BATCH_HEADER_LEN {
+            return Err(CorruptionKind::BadRecordLayout {
+                index: header.record_count,
+            });
+        }
+        Ok(out)
+    }
+
     #[test]
     fn every_single_bit_flip_is_detected() {
         let g = good();
@@ -868,6 +949,37 @@ mod tests {
                 proptest::prop_assert_eq!(r.value, v.as_slice());
                 proptest::prop_assert_eq!(r.timestamp_ms, ts);
             }
+        }
+
+        #[test]
+        fn prop_the_walk_agrees_with_a_field_by_field_walk(
+            records in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..24)), 1..6),
+            damage in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..4),
+            cut in 0usize..8,
+            count_change in -1i64..2,
+            first_ts in 0u64..4,
+            max_ts in 0u64..4,
+        ) {
+            let refs: Vec<(&[u8], &[u8])> = records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+            let mut bytes = encode(&refs, 7, 0);
+            let body_len = bytes.len() - BATCH_HEADER_LEN;
+            for (at, byte) in damage {
+                bytes[BATCH_HEADER_LEN + at % body_len] = byte;
+            }
+            bytes.truncate(bytes.len() - cut.min(body_len));
+            let header = BatchHeader {
+                crc: 0,
+                batch_len: bytes.len() as u32,
+                record_count: (records.len() as i64 + count_change).max(0) as u32,
+                base_offset: 7,
+                first_timestamp_ms: first_ts,
+                max_timestamp_ms: max_ts,
+            };
+            let mut seen = Vec::new();
+            let walked = for_each_record(&header, &bytes, |r| seen.push(r)).map(|()| seen);
+            proptest::prop_assert_eq!(walked, field_by_field_walk(&header, &bytes));
         }
 
         #[test]
