@@ -22,8 +22,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::json;
 use sluice_client::{
-    Client, ClientError, CreateStream, EncodedBatches, EncodedPut, PutRecord, ReadFrom,
-    ReadRequest, Router,
+    Client, ClientError, CreateStream, EncodedBatches, EncodedPut, ProducerConfig, PutRecord,
+    ReadFrom, ReadRequest, Router,
 };
 use sluice_server::{Server, ServerConfig};
 
@@ -89,8 +89,12 @@ pub struct ProduceArgs {
     /// Concurrent producers, each with its own connection.
     #[arg(long, default_value_t = 4)]
     producers: usize,
-    /// Puts each producer keeps in flight (pipelined on its connection).
-    #[arg(long, default_value_t = 1)]
+    /// Puts each producer keeps in flight, pipelined on its connection (default: as many as
+    /// the client's `Producer` keeps).
+    //
+    // A run measures what a producer built on the client gets, as Kafka's `producer-perf-test`
+    // runs with its producer's `max.in.flight.requests.per.connection`.
+    #[arg(long, default_value_t = ProducerConfig::default().max_in_flight)]
     in_flight: usize,
     /// Partitions of the fresh stream the run creates.
     #[arg(long, default_value_t = 4)]

@@ -147,6 +147,8 @@ fn produce_with_a_baseline() {
     assert_eq!(v["fsync"], "never");
     assert_eq!(v["keys"], "10-distinct");
     assert_eq!(v["framing"], "server");
+    // Each producer pipelines as the client's `Producer` does by default.
+    assert_eq!(u64_of(&v, "in_flight"), 4);
     assert_eq!(u64_of(&v, "fsyncs"), 0);
     for key in [
         "baseline_dd_before_mib_per_sec",
