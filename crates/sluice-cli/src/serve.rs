@@ -50,6 +50,7 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     segment_age: Option<String>,
     index_interval_bytes: Option<u32>,
+    preallocate_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_frame_bytes: Option<u32>,
     max_in_flight_per_connection: Option<usize>,
@@ -131,6 +132,9 @@ fn resolve(args: &Args) -> Result<(PathBuf, ServerConfig, String), Box<dyn std::
     }
     if let Some(i) = file.index_interval_bytes {
         log = log.index_interval_bytes(i);
+    }
+    if let Some(p) = file.preallocate_bytes {
+        log = log.preallocate_bytes(p);
     }
     config.broker.log = log;
     let set_dur = |key: &str,

@@ -360,7 +360,7 @@ fn serve_reads_flags_env_and_config_with_flags_winning() {
     std::fs::write(
         &config,
         format!(
-            "fsync = \"interval:50ms\"\nmax_connections = 8\ndata = {:?}\n",
+            "fsync = \"interval:50ms\"\nmax_connections = 8\npreallocate_bytes = 1048576\ndata = {:?}\n",
             dir.path().join("from-file")
         ),
     )

@@ -14,8 +14,8 @@
 //!
 //! # Layout
 //! - [`format`]: the byte layout of every file (no I/O); `docs/format.md` describes it.
-//! - [`io`]: the file-system trait the log uses for all I/O, the real implementation, the one
-//!   `unsafe` memory map (sealed index files only), and the simulated file system for tests.
+//! - [`io`]: the file-system trait the log uses for all I/O, the real implementation, the two
+//!   `unsafe` calls (the memory map of sealed index files, and `fallocate`), and the simulated file system for tests.
 //! - `scan`: chunked reading and checking of batches.
 //! - `segment`: sealed and active segments, index building and checking, recovery.
 //! - `log`: [`Log`] itself: append with group commit, reads, time seek, rolling, retention.
@@ -48,5 +48,6 @@ pub use error::{CorruptionKind, Error, Result};
 pub use format::batch::{FramedError, PreparedBatch, RecordSizes, StoredRecord};
 pub use log::{LATENCY_BUCKETS, Log, LogStats, Record, RetentionOutcome, Written};
 pub use options::{
-    Clock, FsyncPolicy, LogOptions, ReadLimits, RecoveryMode, RetentionPolicy, SystemClock,
+    Clock, DEFAULT_PREALLOCATE_BYTES, FsyncPolicy, LogOptions, ReadLimits, RecoveryMode,
+    RetentionPolicy, SystemClock,
 };

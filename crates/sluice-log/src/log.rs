@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::batch::{PreparedBatch, StoredRecord, for_each_record};
@@ -325,12 +325,15 @@ impl Log {
             let (header, bytes) = batch.finish(base, timestamp);
             let a = &mut st.active;
             let position = a.len;
+            shared.preallocate_ahead(a, position.saturating_add(bytes.len() as u64));
             if let Err(e) = a.file.write_all_at(bytes, position) {
                 // Take back whatever part of the batch reached the file, so the next batch does
                 // not land behind garbage. If even that fails, the file's tail is unknown.
                 if let Err(e2) = a.file.set_len(position) {
                     shared.set_poison(format!("write failed ({e}) and could not be undone ({e2})"));
                 }
+                // The truncation gave back the blocks reserved past the end too.
+                a.preallocated_end = position;
                 return Err(Error::io(&a.path, e));
             }
             // `should_roll` keeps positions and relative offsets within 32 bits.
@@ -584,6 +587,8 @@ impl Log {
         shared.check_writable()?;
         let a = &st.active;
         a.file.sync_data().at(&a.path)?;
+        // A closed log holds no disk beyond its data.
+        release_reserved(a);
         let mut index = a.index.clone();
         index.finish();
         write_indexes(&*shared.fs, &shared.dir, a.base_offset, &index)?;
@@ -781,6 +786,8 @@ impl Shared {
             self.check_writable()?;
             self.fsync_data(&*a.file, &a.path)?;
         }
+        // The segment takes no more appends.
+        release_reserved(a);
         let mut index = a.index.clone();
         index.finish();
         if deferred {
@@ -814,6 +821,27 @@ impl Shared {
         }
         self.rolls.fetch_add(1, Ordering::Relaxed);
         Ok(deferred)
+    }
+
+    /// Reserves the active segment's blocks ahead of an append that ends at `end`, a whole
+    /// [`LogOptions::preallocate_bytes`] step at a time and never past where the segment rolls,
+    /// so that most appends write into blocks already allocated. Only a hint: if the file system
+    /// refuses (no `fallocate`, or a full disk), the append goes on and reports its own error,
+    /// and the next step tries again.
+    fn preallocate_ahead(&self, a: &mut ActiveSegment, end: u64) {
+        let step = self.options.preallocate_bytes;
+        if step == 0 || end <= a.preallocated_end {
+            return;
+        }
+        let from = a.preallocated_end.max(a.len);
+        let to = end
+            .div_ceil(step)
+            .saturating_mul(step)
+            .min(self.options.segment_bytes_max.max(end));
+        if let Err(e) = a.file.preallocate(from, to - from) {
+            debug!(path = %a.path.display(), error = %e, "could not reserve blocks ahead of the appends");
+        }
+        a.preallocated_end = to;
     }
 
     /// Makes the directory entries of every segment up to the one at `base` durable, unless an
@@ -1513,4 +1541,13 @@ fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, base: u64, segment: boo
         }
     }
     Ok(())
+}
+
+/// Gives back the blocks reserved past the end of `a` ([`LogOptions::preallocate_bytes`]), for
+/// a segment that takes no more appends. Truncating a file to its own length does that and
+/// changes no byte, so a failure only leaves the blocks reserved until the segment is deleted.
+fn release_reserved(a: &ActiveSegment) {
+    if let Err(e) = a.file.set_len(a.len) {
+        warn!(path = %a.path.display(), error = %e, "could not give back the blocks reserved past a segment's end");
+    }
 }

@@ -61,6 +61,7 @@ pub struct LogOptions {
     pub(crate) segment_bytes_max: u64,
     pub(crate) segment_age_max: Duration,
     pub(crate) index_interval_bytes: u32,
+    pub(crate) preallocate_bytes: u64,
     pub(crate) fsync: FsyncPolicy,
     pub(crate) recovery: RecoveryMode,
     pub(crate) clock: Arc<dyn Clock>,
@@ -72,6 +73,8 @@ pub const DEFAULT_SEGMENT_BYTES_MAX: u64 = 256 << 20;
 pub const DEFAULT_SEGMENT_AGE_MAX: Duration = Duration::from_secs(3600);
 /// Default bytes between index entries: 4 KiB (Kafka's `index.interval.bytes`).
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Default step of the active segment's block reservation: 4 MiB.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 4 << 20;
 
 impl Default for LogOptions {
     fn default() -> Self {
@@ -79,6 +82,7 @@ impl Default for LogOptions {
             segment_bytes_max: DEFAULT_SEGMENT_BYTES_MAX,
             segment_age_max: DEFAULT_SEGMENT_AGE_MAX,
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
             fsync: FsyncPolicy::Always,
             recovery: RecoveryMode::default(),
             clock: Arc::new(SystemClock),
@@ -108,6 +112,18 @@ impl LogOptions {
     #[must_use]
     pub fn index_interval_bytes(mut self, bytes: u32) -> Self {
         self.index_interval_bytes = bytes;
+        self
+    }
+
+    /// Reserve the active segment's disk blocks this many bytes at a time, ahead of its
+    /// appends (`fallocate` without changing the file's length), and give back what is left
+    /// past a segment's end when it rolls. Appends into reserved blocks skip the file system's
+    /// block reservation for every page they write: on ext4 about a fifth of the CPU time the
+    /// write itself takes. Each partition then holds up to this much disk beyond its data. Never past
+    /// the segment's size limit; 0 turns it off. Default: 4 MiB.
+    #[must_use]
+    pub fn preallocate_bytes(mut self, bytes: u64) -> Self {
+        self.preallocate_bytes = bytes;
         self
     }
 

@@ -714,6 +714,9 @@ pub(crate) struct ActiveSegment {
     /// of them succeed over data the other was told is lost.
     pub spare: Arc<dyn FileHandle>,
     pub index: IndexBuilder,
+    /// Blocks are reserved up to here ([`FileHandle::preallocate`]); at or below `len` when
+    /// none are reserved past the end, as after opening.
+    pub preallocated_end: u64,
 }
 
 impl ActiveSegment {
@@ -743,6 +746,7 @@ impl ActiveSegment {
             file,
             spare,
             index: IndexBuilder::default(),
+            preallocated_end: 0,
         })
     }
 
@@ -836,6 +840,7 @@ impl ActiveSegment {
             file,
             spare,
             index: scan.index,
+            preallocated_end: 0,
         })
     }
 }

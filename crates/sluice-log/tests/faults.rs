@@ -1,6 +1,7 @@
 //! I/O faults while running: a failed fsync poisons the log (never retried, every later write
 //! refused with a typed error until reopened); a failed or short write is taken back so the log
-//! stays consistent and, once space is available again, writing simply works.
+//! stays consistent and, once space is available again, writing simply works; a block
+//! reservation the file system refuses changes nothing.
 
 mod common;
 
@@ -206,4 +207,32 @@ fn a_roll_waiting_on_a_failed_fsync_acknowledges_nothing() {
         0,
         "nothing unacknowledged is readable under `always`"
     );
+}
+
+#[test]
+fn appends_go_on_when_blocks_cannot_be_reserved_ahead() {
+    // A file system without `fallocate`, or a disk too full for a whole step: the reservation
+    // is only a hint, so every append still lands and reads back, and reserving resumes.
+    for kind in [ErrorKind::Unsupported, ErrorKind::StorageFull] {
+        let fs = SimFs::new();
+        let log = open_sim(&fs, LogOptions::default().preallocate_bytes(1024));
+        let seg = dir().join("00000000000000000000.log");
+        fs.fail_preallocate(Some(kind));
+        let written: Vec<Record> = (0..10).map(|i| record(i, 300)).collect();
+        for (i, r) in written.iter().enumerate() {
+            assert_eq!(log.append(std::slice::from_ref(r)).unwrap(), i as u64);
+        }
+        assert_eq!(fs.reserved_past_end(&seg), Some(0), "{kind:?}");
+        // The next step is tried once the appends reach it: within 1024 bytes, three records.
+        fs.fail_preallocate(None);
+        for i in 10..13 {
+            log.append(&[record(i, 300)]).unwrap();
+        }
+        assert!(fs.reserved_past_end(&seg).unwrap() > 0, "{kind:?}");
+        let all = read_all(&log);
+        assert_eq!(all.len(), 13);
+        for (i, r) in written.iter().enumerate() {
+            assert_same(&all[i], i as u64, r);
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The log's public behaviour: dense offsets, reads and their limits, reopening after a clean
-//! close (without reading segment data) and after a crash, rolling, timestamp seek and retention.
+//! close (without reading segment data) and after a crash, rolling, timestamp seek, retention,
+//! and the block reservation ahead of the appends.
 
 mod common;
 
@@ -362,4 +363,73 @@ fn write_then_acknowledge_keeps_order_and_hides_unsynced_records() {
     log.acknowledge(a).unwrap();
     assert_eq!(fs.sync_data_calls(), syncs + 1);
     assert_eq!(read_all(&log).len(), 3);
+}
+
+/// How far the file at `path` reaches, and how far its reserved blocks do.
+fn len_and_reserved_end(fs: &SimFs, path: &std::path::Path) -> (u64, u64) {
+    let len = fs.contents(path).expect("the segment exists").len() as u64;
+    (
+        len,
+        len + fs.reserved_past_end(path).expect("the segment exists"),
+    )
+}
+
+#[test]
+fn the_active_segment_reserves_its_blocks_ahead_in_steps_and_a_roll_gives_the_rest_back() {
+    let fs = SimFs::new();
+    let log = open_sim(
+        &fs,
+        LogOptions::default()
+            .segment_bytes_max(10_000)
+            .preallocate_bytes(4096),
+    );
+    let first = dir().join("00000000000000000000.log");
+    let mut reserved_ends = Vec::new();
+    let mut i = 0;
+    while log.segment_count() == 1 {
+        let (len, reserved_end) = len_and_reserved_end(&fs, &first);
+        if i > 0 {
+            // Always ahead of the data, by whole steps, but never past where the segment rolls.
+            assert!(reserved_end >= len, "{reserved_end} < {len}");
+            assert!(
+                reserved_end % 4096 == 0 || reserved_end == 10_000,
+                "{reserved_end}"
+            );
+            assert!(reserved_end - len < 4096 || reserved_end == 10_000);
+            reserved_ends.push(reserved_end);
+        }
+        log.append(&[record(i, 300)]).unwrap();
+        i += 1;
+    }
+    reserved_ends.dedup();
+    assert_eq!(reserved_ends, [4096, 8192, 10_000]);
+    // The sealed segment holds nothing past its end; the new one reserves its own first step.
+    assert_eq!(fs.reserved_past_end(&first), Some(0));
+    let next = fs
+        .file_names()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log") && *p != first)
+        .collect::<Vec<_>>();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(len_and_reserved_end(&fs, &next[0]).1, 4096);
+    // Every record reads back as written: reserving blocks changes no byte.
+    let all = read_all(&log);
+    assert_eq!(all.len() as u64, i);
+    for (n, r) in all.iter().enumerate() {
+        assert_same(r, n as u64, &record(n as u64, 300));
+    }
+    // A closed log holds no disk beyond its data.
+    log.close().unwrap();
+    assert_eq!(fs.reserved_past_end(&next[0]), Some(0));
+}
+
+#[test]
+fn no_blocks_are_reserved_when_preallocation_is_off() {
+    let fs = SimFs::new();
+    let log = open_sim(&fs, LogOptions::default().preallocate_bytes(0));
+    for i in 0..20 {
+        log.append(&[record(i, 300)]).unwrap();
+    }
+    let seg = dir().join("00000000000000000000.log");
+    assert_eq!(fs.reserved_past_end(&seg), Some(0));
 }

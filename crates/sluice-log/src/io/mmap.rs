@@ -1,4 +1,5 @@
-//! The one place that maps files into memory, and so the one module allowed `unsafe`.
+//! The one place that maps files into memory, and so one of the two modules allowed `unsafe`
+//! (the other is `fallocate`).
 #![allow(unsafe_code)]
 
 use std::fs::File;

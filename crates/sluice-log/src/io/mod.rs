@@ -2,6 +2,7 @@
 //! so tests can swap in [`sim::SimFs`], which keeps written and synced bytes apart and can
 //! simulate a power loss or inject I/O errors at any operation.
 
+mod fallocate;
 mod mmap;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -12,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use fallocate::preallocate;
 pub use std_fs::StdFs;
 
 /// Read-only bytes of a whole file: a memory map for the real file system.
@@ -40,8 +42,16 @@ pub trait FileHandle: Send + Sync + Debug {
     fn sync_data(&self) -> io::Result<()>;
     /// Current length of the file.
     fn len(&self) -> io::Result<u64>;
-    /// Truncates or extends the file.
+    /// Truncates or extends the file. Blocks reserved past the new length by
+    /// [`FileHandle::preallocate`] are given back, even when the length does not change.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves disk blocks for `[position, position + len)` without changing the file's
+    /// length, so that appends there find their blocks allocated ([`preallocate`]). Only a hint:
+    /// the default does nothing, and callers carry on past its error.
+    fn preallocate(&self, position: u64, len: u64) -> io::Result<()> {
+        let _ = (position, len);
+        Ok(())
+    }
 }
 
 /// The directory operations the log needs.

@@ -37,6 +37,8 @@ pub enum CrashMode {
 struct Inode {
     live: Vec<u8>,
     durable: Vec<u8>,
+    /// End of the blocks reserved by `preallocate`; reserving changes no byte of the file.
+    reserved_end: u64,
 }
 
 /// Injected failures.
@@ -51,6 +53,8 @@ struct Faults {
     sync_error_after: Option<(u64, io::ErrorKind)>,
     /// Only files below this directory suffer the injected write and sync errors.
     fault_scope: Option<PathBuf>,
+    /// Error returned by every `preallocate` while set.
+    preallocate_error: Option<io::ErrorKind>,
 }
 
 #[derive(Debug, Default)]
@@ -273,6 +277,20 @@ impl SimFs {
         true
     }
 
+    /// Makes every `preallocate` fail with `kind` (as a file system without `fallocate`, or a
+    /// full disk, would), or succeed again with `None`.
+    pub fn fail_preallocate(&self, kind: Option<io::ErrorKind>) {
+        self.lock().faults.preallocate_error = kind;
+    }
+
+    /// Bytes reserved past the end of the file at `path` by `preallocate` and not given back
+    /// by a truncation; `None` if there is no such file.
+    pub fn reserved_past_end(&self, path: &Path) -> Option<u64> {
+        let st = self.lock();
+        let inode = st.inodes.get(st.live_names.get(path)?)?;
+        Some(inode.reserved_end.saturating_sub(inode.live.len() as u64))
+    }
+
     /// Lets writes succeed again.
     pub fn clear_write_error(&self) {
         self.lock().faults.write_error = None;
@@ -329,6 +347,7 @@ impl SimFs {
             Inode {
                 live: bytes.clone(),
                 durable: bytes,
+                reserved_end: 0,
             },
         );
     }
@@ -387,6 +406,8 @@ impl SimFs {
                 Inode {
                     live: bytes.clone(),
                     durable: bytes,
+                    // Reserved blocks outlive a crash, as a journaled `fallocate` does.
+                    reserved_end: inode.reserved_end,
                 },
             );
             out.live_names.insert(path.clone(), *ino);
@@ -482,8 +503,26 @@ impl FileHandle for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.fs.lock();
         st.tick()?;
+        let inode = st.inode(self.ino)?;
+        // A truncation gives back the blocks reserved past the new end, as ext4, XFS and tmpfs
+        // do, even to the same length.
+        if len <= inode.live.len() as u64 {
+            inode.reserved_end = inode.reserved_end.min(len);
+        }
         let len = usize::try_from(len).map_err(io::Error::other)?;
-        st.inode(self.ino)?.live.resize(len, 0);
+        inode.live.resize(len, 0);
+        Ok(())
+    }
+
+    fn preallocate(&self, position: u64, len: u64) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        // Reserving blocks changes no byte, so it is not a step a crash can fall between.
+        st.alive()?;
+        if let Some(kind) = st.faults.preallocate_error {
+            return Err(io::Error::from(kind));
+        }
+        let inode = st.inode(self.ino)?;
+        inode.reserved_end = inode.reserved_end.max(position.saturating_add(len));
         Ok(())
     }
 }

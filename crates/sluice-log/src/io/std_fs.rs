@@ -35,6 +35,10 @@ impl FileHandle for StdFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
+
+    fn preallocate(&self, position: u64, len: u64) -> io::Result<()> {
+        super::preallocate(&self.0, position, len)
+    }
 }
 
 impl FileSystem for StdFs {
