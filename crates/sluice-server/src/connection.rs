@@ -95,6 +95,10 @@ fn refuse_blocking(mut socket: std::net::TcpStream, message: &str) {
 /// on it, and only the pages it touches cost memory.
 const CONNECTION_STACK_BYTES: usize = 2 << 20;
 
+/// Answers already queued are joined into one write up to this many bytes: a put's answer is
+/// tens of bytes, a read's can be megabytes and goes out on its own.
+const JOIN_ANSWER_BYTES: usize = 64 << 10;
+
 /// Runs [`serve`] on a thread of the connection's own, under a single-threaded runtime, and
 /// returns once it has ended. Dropped early (as by `Server::abort`), it tells the thread to drop
 /// the connection, which happens at once unless a write holds the thread, and then when the
@@ -336,11 +340,46 @@ async fn serve(
     // The writer: sends answers as they come. A client that stops reading fills its socket
     // buffer, this task stalls, and the bounded channel and the in-flight limit stop the reader.
     let mut writer = AbortOnDrop(tokio::spawn(async move {
-        // Each frame's budget is released (dropped) once the frame has been written.
-        while let Some(out) = out_rx.recv().await {
-            if wr.write_all(&out.frame).await.is_err() {
+        let mut joined = BytesMut::new();
+        let mut next = None;
+        loop {
+            let Some(first) = next.take() else {
+                match out_rx.recv().await {
+                    Some(out) => {
+                        next = Some(out);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            // The reader queues answers while it has whole requests in hand, and this task runs
+            // only once it waits for more: small answers already queued go out in one write, so
+            // a client with several puts in flight gets them in one segment and one wake-up.
+            let mut batch = vec![first];
+            let mut size = batch[0].frame.len();
+            while size < JOIN_ANSWER_BYTES {
+                let Ok(out) = out_rx.try_recv() else { break };
+                if size + out.frame.len() > JOIN_ANSWER_BYTES {
+                    next = Some(out);
+                    break;
+                }
+                size += out.frame.len();
+                batch.push(out);
+            }
+            let written = if let [one] = batch.as_slice() {
+                wr.write_all(&one.frame).await
+            } else {
+                joined.clear();
+                for out in &batch {
+                    joined.extend_from_slice(&out.frame);
+                }
+                wr.write_all(&joined).await
+            };
+            if written.is_err() {
                 break;
             }
+            // Each frame's budget is released (dropped) once the frame has been written.
+            drop(batch);
         }
         let _ = wr.shutdown().await;
     }));

@@ -239,6 +239,60 @@ async fn pipelined_puts_keep_their_order_and_answers_match_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_queued_together_come_back_whole_small_and_large_alike() {
+    // Requests sent in one write reach the server together, so their answers queue up and
+    // small ones leave in one write; a read's answer past the joining limit goes out on its
+    // own, between them. Every answer must still arrive whole, once, under its own id.
+    for policy in policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), config_with(policy))
+            .await
+            .unwrap();
+        let mut c = Conn::open(server.local_addr()).await;
+        c.call(create("s", 1)).await.unwrap();
+        let big = Bytes::from(vec![0xa5u8; 200 << 10]);
+        c.call(Request::Put {
+            stream: "s".into(),
+            records: vec![rec("k", big.clone())],
+        })
+        .await
+        .unwrap();
+        let mut reqs = Vec::new();
+        for i in 0..60u32 {
+            reqs.push(if i % 20 == 10 {
+                read_req("s", 0, ReadFrom::Offset(0), 0)
+            } else {
+                Request::Put {
+                    stream: "s".into(),
+                    records: vec![rec("k", i.to_le_bytes().to_vec())],
+                }
+            });
+        }
+        let ids = c.send_together(&reqs).await;
+        let mut answers = std::collections::HashMap::new();
+        for _ in 0..reqs.len() {
+            let (id, answer) = c.recv().await.expect("an answer for every request");
+            assert!(answers.insert(id, answer).is_none(), "id {id} answered twice");
+        }
+        let mut next_offset = 1;
+        for (req, id) in reqs.iter().zip(&ids) {
+            match (req, &answers[id]) {
+                (Request::Put { .. }, Ok(Response::Put(acks))) => {
+                    // One partition: the puts took consecutive offsets in the order sent.
+                    assert_eq!(acks[0].offset, next_offset, "{policy:?}");
+                    next_offset += 1;
+                }
+                (Request::Read(_), Ok(Response::Read(r))) => {
+                    assert_eq!(r.records[0].value, big, "{policy:?}");
+                }
+                (req, answer) => panic!("{req:?} under {policy:?} got {answer:?}"),
+            }
+        }
+        server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_wakes_when_data_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), config()).await.unwrap();
