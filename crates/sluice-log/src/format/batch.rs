@@ -224,6 +224,7 @@ pub fn for_each_record<'a>(
 }
 
 /// The timestamp of record `index` from its delta, which must keep it within the batch's range.
+#[inline]
 fn record_timestamp(header: &BatchHeader, delta: u32, index: u32) -> Result<u64, CorruptionKind> {
     header
         .first_timestamp_ms
@@ -333,6 +334,7 @@ impl RecordSizes {
         total: 0,
     };
 
+    #[inline]
     fn add(&mut self, key: usize, value: usize) {
         self.key_min = self.key_min.min(key);
         self.key_max = self.key_max.max(key);
