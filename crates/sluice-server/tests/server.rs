@@ -272,7 +272,10 @@ async fn answers_queued_together_come_back_whole_small_and_large_alike() {
         let mut answers = std::collections::HashMap::new();
         for _ in 0..reqs.len() {
             let (id, answer) = c.recv().await.expect("an answer for every request");
-            assert!(answers.insert(id, answer).is_none(), "id {id} answered twice");
+            assert!(
+                answers.insert(id, answer).is_none(),
+                "id {id} answered twice"
+            );
         }
         let mut next_offset = 1;
         for (req, id) in reqs.iter().zip(&ids) {
