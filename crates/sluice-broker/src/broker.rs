@@ -672,8 +672,119 @@ impl Broker {
         stream: &str,
         batches: Vec<FramedPut<B>>,
     ) -> Result<SubmittedBatches> {
+        self.submit_batches_many(stream, vec![batches])
+            .pop()
+            .unwrap_or(Err(Error::EmptyPut))
+    }
+
+    /// [`Broker::submit_batches`] for several requests of one producer to the same stream, in
+    /// order, as if submitted one after another: each is checked on its own and fails alone,
+    /// and each partition's batches from all of them go out in one write (see
+    /// [`Log::write_prepared_many`]), which costs the kernel less per byte than a write each.
+    /// Returns one result per request, in order.
+    ///
+    /// If a write fails, the batches it held are written again one by one, so that each request
+    /// gets its own outcome; a failed write takes back what it wrote, so nothing is written
+    /// twice.
+    ///
+    /// [`Log::write_prepared_many`]: sluice_log::Log::write_prepared_many
+    pub fn submit_batches_many<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        stream: &str,
+        puts: Vec<Vec<FramedPut<B>>>,
+    ) -> Vec<Result<SubmittedBatches>> {
         let snap = self.snapshot();
-        let s = snap.stream(stream)?;
+        let Ok(s) = snap.stream(stream) else {
+            return puts
+                .iter()
+                .map(|_| Err(Error::StreamNotFound(stream.to_owned())))
+                .collect();
+        };
+        // Check every request first; one refused takes no part in the writes.
+        let mut checked: Vec<Result<Vec<CheckedBatch<B>>>> = puts
+            .into_iter()
+            .map(|batches| self.check_batches(s, batches))
+            .collect();
+        // Where each batch went: `Some(Ok(Some(w)))` written, `Some(Ok(None))` closed partition.
+        let mut placed: Vec<Vec<Option<Result<Option<Written>>>>> = checked
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map_or(Vec::new(), |b| b.iter().map(|_| None).collect())
+            })
+            .collect();
+        // Each partition's batches, in request order, then in each request's own order.
+        let mut by_partition: Vec<(Arc<Partition>, Vec<BatchPlace<'_, B>>)> = Vec::new();
+        for (put, c) in checked.iter_mut().enumerate() {
+            let Ok(batches) = c else { continue };
+            for (index, (_, p, batch)) in batches.iter_mut().enumerate() {
+                match by_partition.iter_mut().find(|(q, _)| Arc::ptr_eq(q, p)) {
+                    Some((_, list)) => list.push((put, index, batch)),
+                    None => by_partition.push((Arc::clone(p), vec![(put, index, batch)])),
+                }
+            }
+        }
+        for (p, mut list) in by_partition {
+            // Holding the read side of the gate while writing keeps a reshard from closing the
+            // partition between the check and the write.
+            let closed = p.closed.read().unwrap_or_else(PoisonError::into_inner);
+            let mut results: Vec<Result<Option<Written>>> = Vec::with_capacity(list.len());
+            if *closed {
+                results.extend(list.iter().map(|_| Ok(None)));
+            } else {
+                let mut refs: Vec<&mut PreparedBatch<B>> =
+                    list.iter_mut().map(|(_, _, b)| &mut **b).collect();
+                let (written, failed) = p.log.write_prepared_many(&mut refs);
+                results.extend(written.into_iter().map(|w| Ok(Some(w))));
+                if failed.is_some() {
+                    // The rest one by one, each with its own outcome.
+                    for b in refs.into_iter().skip(results.len()) {
+                        results.push(p.log.write_prepared(b).map(Some).map_err(Error::from));
+                    }
+                }
+            }
+            drop(closed);
+            for ((put, index, _), r) in list.into_iter().zip(results) {
+                if let Some(slot) = placed.get_mut(put).and_then(|v| v.get_mut(index)) {
+                    *slot = Some(r);
+                }
+            }
+        }
+        checked
+            .into_iter()
+            .zip(placed)
+            .map(|(c, placed)| {
+                let batches = c?;
+                let mut writes = Vec::with_capacity(batches.len());
+                let mut outcomes = Vec::with_capacity(batches.len());
+                for ((id, p, batch), r) in batches.into_iter().zip(placed) {
+                    let written = r.unwrap_or(Ok(None))?;
+                    if let Some(w) = written {
+                        writes.push((p, w));
+                    }
+                    outcomes.push(BatchOutcome {
+                        partition: id,
+                        record_count: batch.record_count(),
+                        first_offset: written.map(|w| w.first_offset),
+                    });
+                }
+                Ok(SubmittedBatches {
+                    put: SubmittedPut {
+                        writes,
+                        acks: Vec::new(),
+                    },
+                    outcomes,
+                })
+            })
+            .collect()
+    }
+
+    /// The checks of [`Broker::submit_batches`] for one request, before anything is written.
+    fn check_batches<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        s: &Stream,
+        batches: Vec<FramedPut<B>>,
+    ) -> Result<Vec<CheckedBatch<B>>> {
         if batches.is_empty() {
             return Err(Error::EmptyPut);
         }
@@ -693,33 +804,7 @@ impl Broker {
             prepared.push((b.partition, partition, batch));
         }
         self.check_batch_limits(s, prepared.iter().map(|(_, _, b)| b))?;
-        let mut writes = Vec::with_capacity(prepared.len());
-        let mut outcomes = Vec::with_capacity(prepared.len());
-        for (id, p, mut batch) in prepared {
-            // Holding the read side of the gate while writing keeps a reshard from closing the
-            // partition between the check and the write.
-            let closed = p.closed.read().unwrap_or_else(PoisonError::into_inner);
-            let first_offset = if *closed {
-                None
-            } else {
-                let written = p.log.write_prepared(&mut batch)?;
-                drop(closed);
-                writes.push((p, written));
-                Some(written.first_offset)
-            };
-            outcomes.push(BatchOutcome {
-                partition: id,
-                record_count: batch.record_count(),
-                first_offset,
-            });
-        }
-        Ok(SubmittedBatches {
-            put: SubmittedPut {
-                writes,
-                acks: Vec::new(),
-            },
-            outcomes,
-        })
+        Ok(prepared)
     }
 
     /// The limits of a put, over every record of a request's batches.
@@ -1415,6 +1500,12 @@ impl SubmittedBatches {
         Ok(self.outcomes)
     }
 }
+
+/// A batch of a request that passed its checks: its partition's id, the partition, the batch.
+type CheckedBatch<B> = (u32, Arc<Partition>, PreparedBatch<B>);
+
+/// A batch to write in [`Broker::submit_batches_many`]: its request, its index there, itself.
+type BatchPlace<'a, B> = (usize, usize, &'a mut PreparedBatch<B>);
 
 /// The fsync wait of one partition of a [`SubmittedPut`].
 #[derive(Debug)]

@@ -303,3 +303,108 @@ fn a_batch_for_a_closed_partition_is_left_out_and_says_so() {
         )
     );
 }
+
+/// Every record of `stored`, as `(key, value)`.
+fn pairs(stored: &[sluice_log::StoredRecord]) -> Vec<(String, Vec<u8>)> {
+    stored
+        .iter()
+        .map(|r| (String::from_utf8(r.key.to_vec()).unwrap(), r.value.to_vec()))
+        .collect()
+}
+
+#[test]
+fn requests_written_together_keep_their_order_and_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    stream(&b, 4);
+    let sent: Vec<Vec<(String, Vec<u8>)>> =
+        (0..5).map(|r| records(120, &format!("r{r}"))).collect();
+    let mut requests: Vec<Vec<FramedBatch>> = sent.iter().map(|r| route(&b, r)).collect();
+    // The third request has a damaged batch, the fifth has none.
+    let last = requests[2][1].batch.len() - 1;
+    requests[2][1].batch[last] ^= 0x40;
+    requests[4].clear();
+    let results = b.submit_batches_many("s", requests.iter().cloned().map(framed).collect());
+    assert_eq!(results.len(), 5);
+    let mut results = results.into_iter();
+    let mut outcomes = Vec::new();
+    for r in 0..5 {
+        let result = results.next().unwrap();
+        match r {
+            2 => assert!(matches!(result, Err(Error::BadBatch { index: 1, .. }))),
+            4 => assert!(matches!(result, Err(Error::EmptyPut))),
+            _ => outcomes.push(result.unwrap().wait().unwrap()),
+        }
+    }
+    // Each partition holds the good requests' records in the order the requests came, at the
+    // offsets their outcomes name, and nothing of the refused ones.
+    for p in 0..4u32 {
+        let mut expected = Vec::new();
+        let mut next = 0;
+        for (r, o) in [0usize, 1, 3].into_iter().zip(&outcomes) {
+            let batch = requests[r].iter().find(|f| f.partition == p).unwrap();
+            let here = route_of(&b, &sent[r], p);
+            let outcome = o.iter().find(|o| o.partition == p).unwrap();
+            assert_eq!(
+                outcome.first_offset,
+                Some(next),
+                "partition {p}, request {r}"
+            );
+            assert_eq!(outcome.record_count, batch.record_count());
+            next += u64::from(batch.record_count());
+            expected.extend(here);
+        }
+        let stored = b.read("s", p, 0, ReadLimits::default()).unwrap();
+        assert_eq!(pairs(&stored), expected, "partition {p}");
+    }
+    drop(b);
+    let b = open(dir.path());
+    assert_eq!(ends(&b).iter().sum::<u64>(), 360);
+}
+
+/// The records of `sent` that route to partition `p`, in order.
+fn route_of(b: &Broker, sent: &[(String, Vec<u8>)], p: u32) -> Vec<(String, Vec<u8>)> {
+    let d = b.describe_stream("s").unwrap();
+    let range = d.partitions.iter().find(|x| x.id == p).unwrap().range;
+    sent.iter()
+        .filter(|(k, _)| range.contains(hash_key(k.as_bytes())))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_failed_write_of_requests_written_together_fails_each_of_them_and_stores_nothing() {
+    use std::sync::Arc;
+
+    use sluice_log::io::sim::SimFs;
+    let fs = SimFs::new();
+    let b = Broker::open_with_fs(Arc::new(fs.clone()), "/data", BrokerOptions::default()).unwrap();
+    stream(&b, 2);
+    let requests: Vec<Vec<FramedBatch>> = (0..3)
+        .map(|r| route(&b, &records(40, &format!("r{r}"))))
+        .collect();
+    fs.fail_writes(std::io::ErrorKind::StorageFull, true);
+    let results = b.submit_batches_many("s", requests.iter().cloned().map(framed).collect());
+    assert_eq!(results.len(), 3);
+    for r in results {
+        assert!(
+            matches!(&r, Err(Error::Log(sluice_log::Error::Io { source, .. })) if source.kind() == std::io::ErrorKind::StorageFull),
+            "{r:?}"
+        );
+    }
+    assert_eq!(ends(&b), [0, 0], "what reached the files was taken back");
+    // Once the disk has room, the same requests go in whole, in order.
+    fs.clear_write_error();
+    let results = b.submit_batches_many("s", requests.iter().cloned().map(framed).collect());
+    for r in results {
+        r.unwrap().wait().unwrap();
+    }
+    assert_eq!(ends(&b).iter().sum::<u64>(), 120);
+    for p in 0..2u32 {
+        let expected: Vec<_> = (0..3)
+            .flat_map(|r| route_of(&b, &records(40, &format!("r{r}")), p))
+            .collect();
+        let stored = b.read("s", p, 0, ReadLimits::default()).unwrap();
+        assert_eq!(pairs(&stored), expected, "partition {p}");
+    }
+}

@@ -308,62 +308,63 @@ impl Log {
         &self,
         batch: &mut PreparedBatch<B>,
     ) -> Result<Written> {
+        let (written, failed) = self.write_prepared_many(&mut [batch]);
+        match (written.first(), failed) {
+            (Some(w), _) => Ok(*w),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::InvalidAppend("no batch was written".into())),
+        }
+    }
+
+    /// [`Log::write_prepared`] for several batches, in order, with one vectored write for as
+    /// many of them as fit in the active segment: one system call and one taking of the log's
+    /// lock instead of one each, and larger writes, which the page cache takes for less CPU
+    /// per byte. Returns where each written batch went, and the error that stopped the rest: the
+    /// batches written are a prefix, and those after it were not written (a roll between two
+    /// of them can succeed before a later write fails).
+    pub fn write_prepared_many<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        batches: &mut [&mut PreparedBatch<B>],
+    ) -> (Vec<Written>, Option<Error>) {
         let shared = &*self.shared;
+        let mut written = Vec::with_capacity(batches.len());
         let mut rolled = false;
-        let (base, end) = {
-            let mut st = shared.lock_state()?;
-            shared.check_writable()?;
-            let now = shared.options.clock.now_ms();
-            if shared.should_roll(&st.active, batch.len() as u64, batch.record_count(), now) {
-                rolled = shared.roll(&mut st)?;
-            }
-            let timestamp = now.max(st.last_timestamp_ms);
-            let base = st.active.next_offset;
-            if base.checked_add(u64::from(batch.record_count())).is_none() {
-                return Err(Error::OffsetSpaceExhausted { end: base });
-            }
-            let (header, bytes) = batch.finish(base, timestamp);
-            let a = &mut st.active;
-            let position = a.len;
-            shared.preallocate_ahead(a, position.saturating_add(bytes.len() as u64));
-            if let Err(e) = a.file.write_all_at(bytes, position) {
-                // Take back whatever part of the batch reached the file, so the next batch does
-                // not land behind garbage. If even that fails, the file's tail is unknown.
-                if let Err(e2) = a.file.set_len(position) {
-                    shared.set_poison(format!("write failed ({e}) and could not be undone ({e2})"));
+        let failed = shared
+            .lock_state()
+            .and_then(|mut st| {
+                shared.check_writable()?;
+                let now = shared.options.clock.now_ms();
+                let mut rest = &mut *batches;
+                while let Some(first) = rest.first() {
+                    if shared.should_roll(&st.active, first.len() as u64, first.record_count(), now)
+                    {
+                        rolled |= shared.roll(&mut st)?;
+                    }
+                    let n = shared.run_that_fits(&st.active, rest);
+                    let (run, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                    shared.write_run(&mut st, run, now, &mut written)?;
+                    rest = tail;
                 }
-                // The truncation gave back the blocks reserved past the end too.
-                a.preallocated_end = position;
-                return Err(Error::io(&a.path, e));
-            }
-            // `should_roll` keeps positions and relative offsets within 32 bits.
-            a.index.on_batch(
-                (base - a.base_offset) as u32,
-                position as u32,
-                &header,
-                shared.options.index_interval_bytes,
-            );
-            a.len += bytes.len() as u64;
-            a.next_offset = header.end_offset();
-            a.first_timestamp_ms.get_or_insert(timestamp);
-            a.max_timestamp_ms = timestamp;
-            st.last_timestamp_ms = timestamp;
-            (base, st.active.next_offset)
-        };
+                Ok(())
+            })
+            .err();
         if rolled {
             self.wake_flusher();
         }
-        shared.appends.fetch_add(1, Ordering::Relaxed);
-        shared
-            .records_appended
-            .fetch_add(u64::from(batch.record_count()), Ordering::Relaxed);
-        shared
-            .bytes_appended
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(Written {
-            first_offset: base,
-            end_offset: end,
-        })
+        if let Some(done) = batches.get(..written.len()) {
+            shared
+                .appends
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            for b in done {
+                shared
+                    .records_appended
+                    .fetch_add(u64::from(b.record_count()), Ordering::Relaxed);
+                shared
+                    .bytes_appended
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        }
+        (written, failed)
     }
 
     /// The second half of [`Log::append`]: returns once `written` is acknowledged under the fsync
@@ -821,6 +822,92 @@ impl Shared {
         }
         self.rolls.fetch_add(1, Ordering::Relaxed);
         Ok(deferred)
+    }
+
+    /// How many of `batches`, at least one, follow each other into the active segment `a`
+    /// without a roll between them: the segment stays within its size limit and its offsets
+    /// within 32 bits of its base. (A roll for its age is decided once, before the first.)
+    fn run_that_fits<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        a: &ActiveSegment,
+        batches: &[&mut PreparedBatch<B>],
+    ) -> usize {
+        let mut len = a.len;
+        let mut records = a.next_offset - a.base_offset;
+        let mut n = 0;
+        for b in batches {
+            len = len.saturating_add(b.len() as u64);
+            records = records.saturating_add(u64::from(b.record_count()));
+            let fits = len <= self.options.segment_bytes_max && records <= u64::from(u32::MAX);
+            // The first always goes: the roll before it made room, or it needs a segment of
+            // its own.
+            if n > 0 && !fits {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Writes `run` at the end of the active segment with one vectored write, under the
+    /// caller's hold of the state lock, and records where each batch went in `written`.
+    fn write_run<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        st: &mut State,
+        run: &mut [&mut PreparedBatch<B>],
+        now: u64,
+        written: &mut Vec<Written>,
+    ) -> Result<()> {
+        let timestamp = now.max(st.last_timestamp_ms);
+        let a = &mut st.active;
+        let position = a.len;
+        let records: u64 = run.iter().map(|b| u64::from(b.record_count())).sum();
+        if a.next_offset.checked_add(records).is_none() {
+            return Err(Error::OffsetSpaceExhausted { end: a.next_offset });
+        }
+        let mut base = a.next_offset;
+        let mut headers = Vec::with_capacity(run.len());
+        let mut bufs = Vec::with_capacity(run.len());
+        for b in run.iter_mut() {
+            let (header, bytes) = b.finish(base, timestamp);
+            base = header.end_offset();
+            headers.push(header);
+            bufs.push(bytes);
+        }
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        self.preallocate_ahead(a, position.saturating_add(len));
+        if let Err(e) = a.file.write_all_vectored_at(&bufs, position) {
+            // Take back whatever part of the run reached the file, so the next batch does not
+            // land behind garbage. If even that fails, the file's tail is unknown.
+            if let Err(e2) = a.file.set_len(position) {
+                self.set_poison(format!("write failed ({e}) and could not be undone ({e2})"));
+            }
+            // The truncation gave back the blocks reserved past the end too.
+            a.preallocated_end = position;
+            return Err(Error::io(&a.path, e));
+        }
+        let mut at = position;
+        for (header, bytes) in headers.iter().zip(&bufs) {
+            // `should_roll` and `run_that_fits` keep positions and relative offsets within 32
+            // bits.
+            a.index.on_batch(
+                (header.base_offset - a.base_offset) as u32,
+                at as u32,
+                header,
+                self.options.index_interval_bytes,
+            );
+            at += bytes.len() as u64;
+            written.push(Written {
+                first_offset: header.base_offset,
+                end_offset: header.end_offset(),
+            });
+        }
+        a.len = at;
+        a.next_offset = base;
+        a.first_timestamp_ms.get_or_insert(timestamp);
+        a.max_timestamp_ms = timestamp;
+        st.last_timestamp_ms = timestamp;
+        Ok(())
     }
 
     /// Reserves the active segment's blocks ahead of an append that ends at `end`, a whole

@@ -433,3 +433,73 @@ fn no_blocks_are_reserved_when_preallocation_is_off() {
     let seg = dir().join("00000000000000000000.log");
     assert_eq!(fs.reserved_past_end(&seg), Some(0));
 }
+
+/// A batch of three records, `i * 3` to `i * 3 + 2`, ready to write.
+fn prepared(i: u64) -> sluice_log::PreparedBatch<Vec<u8>> {
+    let records: Vec<Record> = (i * 3..i * 3 + 3).map(|n| record(n, 300)).collect();
+    sluice_log::PreparedBatch::new(records.iter().map(|r| (r.key.as_ref(), r.value.as_ref())))
+        .unwrap()
+}
+
+#[test]
+fn batches_written_together_take_consecutive_offsets_and_roll_between_them() {
+    let fs = SimFs::new();
+    // About a kilobyte a batch: a segment holds three, so the group rolls twice or more.
+    let log = open_sim(&fs, LogOptions::default().segment_bytes_max(4096));
+    log.append(&[record(999, 10)]).unwrap();
+    let mut batches: Vec<_> = (0..10).map(prepared).collect();
+    let mut refs: Vec<_> = batches.iter_mut().collect();
+    let (written, failed) = log.write_prepared_many(&mut refs);
+    assert!(failed.is_none(), "{failed:?}");
+    assert_eq!(written.len(), 10);
+    for (i, w) in written.iter().enumerate() {
+        assert_eq!(
+            (w.first_offset, w.end_offset),
+            (1 + 3 * i as u64, 4 + 3 * i as u64)
+        );
+    }
+    assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
+    // Written, and readable once acknowledged (the policy is `always`).
+    for w in &written {
+        log.acknowledge(*w).unwrap();
+    }
+    let check = |log: &Log| {
+        let all = read_all(log);
+        assert_eq!(all.len(), 31);
+        for (n, r) in all.iter().skip(1).enumerate() {
+            assert_same(r, 1 + n as u64, &record(n as u64, 300));
+        }
+    };
+    check(&log);
+    log.close().unwrap();
+    check(&open_sim(
+        &fs,
+        LogOptions::default().segment_bytes_max(4096),
+    ));
+}
+
+#[test]
+fn a_failed_write_of_batches_written_together_writes_none_of_them() {
+    let fs = SimFs::new();
+    let log = open_sim(&fs, LogOptions::default());
+    log.append(&[record(999, 10)]).unwrap();
+    let mut batches: Vec<_> = (0..4).map(prepared).collect();
+    fs.fail_writes(std::io::ErrorKind::StorageFull, true);
+    let mut refs: Vec<_> = batches.iter_mut().collect();
+    let (written, failed) = log.write_prepared_many(&mut refs);
+    assert!(written.is_empty());
+    assert!(matches!(failed, Some(Error::Io { .. })), "{failed:?}");
+    assert_eq!(log.end_offset(), 1, "no offsets were given out");
+    // The half written was taken back: the same batches go in whole once the disk has room.
+    fs.clear_write_error();
+    let mut refs: Vec<_> = batches.iter_mut().collect();
+    let (written, failed) = log.write_prepared_many(&mut refs);
+    assert!(failed.is_none());
+    assert_eq!(written.last().unwrap().end_offset, 13);
+    log.sync().unwrap();
+    let all = read_all(&log);
+    assert_eq!(all.len(), 13);
+    for (n, r) in all.iter().skip(1).enumerate() {
+        assert_same(r, 1 + n as u64, &record(n as u64, 300));
+    }
+}

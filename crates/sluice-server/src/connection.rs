@@ -301,11 +301,18 @@ fn reservation(shared: &Shared, body_len: usize, request: &Request) -> usize {
             4096 + records.len() * std::mem::size_of::<sluice_protocol::message::PutRecord>()
         }
         Request::PutBatches { batches, .. } => {
-            4096 + batches.len() * std::mem::size_of::<sluice_protocol::batch::FramedBatch>()
+            return put_batches_reservation(shared, body_len, batches.len()) as usize;
         }
         _ => 4096,
     };
     (body_len + answer).min(shared.config.max_connection_buffer_bytes)
+}
+
+/// [`reservation`] of a `PutBatches` request of `batches` batches, known before it is decoded.
+fn put_batches_reservation(shared: &Shared, body_len: usize, batches: usize) -> u32 {
+    let held =
+        body_len + 4096 + batches * std::mem::size_of::<sluice_protocol::batch::FramedBatch>();
+    u32::try_from(held.min(shared.config.max_connection_buffer_bytes)).unwrap_or(u32::MAX)
 }
 
 /// A task that is aborted if the connection's future is dropped (by `Server::abort`), so no
@@ -333,7 +340,7 @@ async fn serve(
     // Memory a connection may hold in requests and answers not yet written: past it, the server
     // stops reading from the connection, so a client that sends much and reads nothing holds at
     // most this much.
-    let budget = Arc::new(Semaphore::new(shared.config.max_connection_buffer_bytes));
+    let memory = Arc::new(Semaphore::new(shared.config.max_connection_buffer_bytes));
     let (out_tx, mut out_rx) =
         mpsc::channel::<Outgoing>(shared.config.max_in_flight_per_connection);
 
@@ -496,7 +503,7 @@ async fn serve(
             break;
         };
         let reserve = reservation(&shared, header.body_len as usize, &request);
-        let Ok(budget) = Arc::clone(&budget)
+        let Ok(budget) = Arc::clone(&memory)
             .acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
             .await
         else {
@@ -509,45 +516,83 @@ async fn serve(
                 });
                 let _ = out_tx.send(encode_answer(kind, id, answer)).await;
             }
-            request @ (Request::Put { .. } | Request::PutBatches { .. }) => {
+            Request::PutBatches { stream, batches } => {
                 // Written here, on the connection's own thread, before the next frame is read:
                 // that keeps the connection's puts in order, and a write that blocks holds up
-                // this connection only.
+                // this connection only. The producer's next puts, when they have already
+                // arrived, are written with it (`gather_puts`).
                 let started = Instant::now();
-                // A panic in the broker is a bug; it fails this put with `Internal` and the
+                let mut group = vec![Gathered::Put {
+                    kind,
+                    id,
+                    stream,
+                    batches,
+                    held: (permit, budget),
+                }];
+                gather_puts(
+                    &shared,
+                    &rd,
+                    &mut buf,
+                    (&in_flight, &memory),
+                    stopped,
+                    &mut group,
+                );
+                let mut puts = Vec::new();
+                let mut answers = Vec::with_capacity(group.len());
+                for g in group {
+                    match g {
+                        Gathered::Put {
+                            kind,
+                            id,
+                            stream,
+                            batches,
+                            held,
+                        } => {
+                            puts.push((stream, batches));
+                            answers.push((kind, id, Some(held)));
+                        }
+                        Gathered::Refused(kind, id, e) => {
+                            let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
+                        }
+                    }
+                }
+                let n = puts.len();
+                // A panic in the broker is a bug; it fails these puts with `Internal` and the
                 // connection goes on, as it would for any other request.
+                let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    handler::submit_batches_many(&shared, puts)
+                }))
+                .unwrap_or_else(|_| (0..n).map(|_| Err(internal())).collect());
+                for ((kind, id, held), written) in answers.into_iter().zip(written) {
+                    if let Some(held) = held {
+                        settle_put(
+                            &shared,
+                            (&mut requests, &server_rt, &out_tx),
+                            (kind, id),
+                            held,
+                            written,
+                            started,
+                        )
+                        .await;
+                    }
+                }
+            }
+            request @ Request::Put { .. } => {
+                // Written on the connection's own thread, as above.
+                let started = Instant::now();
                 let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     handler::submit_write(&shared, request)
                 }))
                 .unwrap_or_else(|_| Err(internal()));
-                match written {
-                    Ok(put) if !put.is_acknowledged() => {
-                        // The fsync wait runs on the server's runtime and overlaps with the
-                        // puts that follow (group commit).
-                        let shared = Arc::clone(&shared);
-                        let work = async move { handler::finish_put(&shared, put, started).await };
-                        answer_on_server(
-                            &mut requests,
-                            &server_rt,
-                            &out_tx,
-                            (kind, id),
-                            (permit, budget),
-                            work,
-                        );
-                    }
-                    written => {
-                        let answer = written.and_then(|put| {
-                            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                handler::finish_acknowledged(&shared, put, started)
-                            }))
-                            .unwrap_or_else(|_| Err(internal()))
-                        });
-                        let _ = out_tx
-                            .send(encode_answer(kind, id, answer).holding(budget))
-                            .await;
-                        drop(permit);
-                    }
-                }
+                settle_put(
+                    &shared,
+                    (&mut requests, &server_rt, &out_tx),
+                    (kind, id),
+                    (permit, budget),
+                    written,
+                    started,
+                )
+                .await;
             }
             other => {
                 let work = handler::handle(Arc::clone(&shared), other);
@@ -579,6 +624,147 @@ fn internal() -> ErrorResponse {
 /// answer holds the request's share of the memory budget until it is written; the in-flight
 /// permit goes once it is queued. A panic answers `Internal` rather than leave the request
 /// unanswered.
+/// Answers a written put: at once if it is acknowledged already, or from a task on the server's
+/// runtime once its fsync waits return, overlapping with the puts that follow (group commit).
+async fn settle_put(
+    shared: &Arc<Shared>,
+    (requests, server_rt, out_tx): (&mut JoinSet<()>, &Handle, &mpsc::Sender<Outgoing>),
+    (kind, id): (u16, u64),
+    (permit, budget): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    written: Result<handler::WrittenPut, ErrorResponse>,
+    started: Instant,
+) {
+    match written {
+        Ok(put) if !put.is_acknowledged() => {
+            let shared = Arc::clone(shared);
+            let work = async move { handler::finish_put(&shared, put, started).await };
+            answer_on_server(
+                requests,
+                server_rt,
+                out_tx,
+                (kind, id),
+                (permit, budget),
+                work,
+            );
+        }
+        written => {
+            let answer = written.and_then(|put| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    handler::finish_acknowledged(shared, put, started)
+                }))
+                .unwrap_or_else(|_| Err(internal()))
+            });
+            let _ = out_tx
+                .send(encode_answer(kind, id, answer).holding(budget))
+                .await;
+            drop(permit);
+        }
+    }
+}
+
+/// A request taken off the socket by [`gather_puts`]: a put to write with the one in hand, with
+/// its in-flight permit and memory reservation, or one refused, to answer.
+enum Gathered {
+    Put {
+        kind: u16,
+        id: u64,
+        stream: String,
+        batches: Vec<sluice_protocol::batch::FramedBatch>,
+        held: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    },
+    Refused(u16, u64, ErrorResponse),
+}
+
+/// Most `PutBatches` requests written together, the one in hand included.
+const GATHER_PUTS_MAX: usize = 8;
+
+/// Most frame bytes written together.
+const GATHER_BYTES_MAX: usize = 8 << 20;
+
+/// Takes the `PutBatches` requests that follow the one in hand off the connection, as long as
+/// they have already arrived whole (what the socket holds is read, nothing is waited for), so
+/// that their batches are written together with it: one write per partition for all of them.
+/// A producer that keeps several puts in flight usually has the next ones here already.
+///
+/// It stops at the first frame that is not a `PutBatches` request, or would be refused before
+/// decoding, or when the connection has no in-flight permit or memory to spare for it: the
+/// connection's loop then handles that frame as it handles any. A body that does not decode is
+/// answered with its error and ends the gathering; what was gathered is still written.
+fn gather_puts(
+    shared: &Shared,
+    rd: &OwnedReadHalf,
+    buf: &mut BytesMut,
+    (in_flight, budget): (&Arc<Semaphore>, &Arc<Semaphore>),
+    stopped: &AtomicBool,
+    group: &mut Vec<Gathered>,
+) {
+    let max = shared.config.max_frame_bytes;
+    let put_max = shared.broker.options().put_records_max;
+    let mut bytes = 0usize;
+    while group.len() < GATHER_PUTS_MAX && bytes < GATHER_BYTES_MAX {
+        // Nothing the client sent after an abort is written (see `serve`).
+        if stopped.load(Ordering::Acquire) || shared.aborted.load(Ordering::Acquire) {
+            return;
+        }
+        let header = loop {
+            match FrameHeader::decode(buf, max) {
+                Ok(Some(h)) => {
+                    let total = HEADER_LEN + h.body_len as usize;
+                    if buf.len() >= total {
+                        break h;
+                    }
+                    buf.reserve(total - buf.len());
+                }
+                Ok(None) => buf.reserve(HEADER_LEN),
+                Err(_) => return,
+            }
+            match rd.try_read_buf(buf) {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        };
+        if header.is_response() || header.kind != Kind::PutBatches as u16 {
+            return;
+        }
+        let total = HEADER_LEN + header.body_len as usize;
+        let Some(count) = buf
+            .get(HEADER_LEN..total)
+            .and_then(sluice_protocol::message::put_batches_count)
+        else {
+            return;
+        };
+        if count as usize > put_max {
+            return;
+        }
+        let reserve = put_batches_reservation(shared, header.body_len as usize, count as usize);
+        let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
+            return;
+        };
+        let Ok(held) = Arc::clone(budget).try_acquire_many_owned(reserve) else {
+            return;
+        };
+        let mut frame = buf.split_to(total);
+        let body = frame.split_off(HEADER_LEN);
+        bytes += total;
+        let (kind, id) = (header.kind, header.correlation_id);
+        match Request::decode_mut(kind, body) {
+            Ok(Request::PutBatches { stream, batches }) => group.push(Gathered::Put {
+                kind,
+                id,
+                stream,
+                batches,
+                held: (permit, held),
+            }),
+            Ok(_) => return,
+            Err(e) => {
+                let e = ErrorResponse::new(ErrorCode::MalformedRequest, e.to_string());
+                group.push(Gathered::Refused(kind, id, e));
+                return;
+            }
+        }
+    }
+}
+
 fn answer_on_server(
     requests: &mut JoinSet<()>,
     server_rt: &Handle,

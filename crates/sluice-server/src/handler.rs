@@ -321,33 +321,73 @@ pub(crate) fn submit_batches(
     stream: String,
     batches: Vec<FramedBatch>,
 ) -> Result<WrittenPut, ErrorResponse> {
-    // Key and value bytes per batch, for the statistics: the batch less its headers.
-    let bytes: Vec<u64> = batches
-        .iter()
-        .map(|b| {
-            (b.batch.len() as u64)
-                .saturating_sub(BATCH_HEADER_LEN as u64)
-                .saturating_sub(u64::from(b.record_count()) * RECORD_HEADER_LEN as u64)
+    submit_batches_many(shared, vec![(stream, batches)])
+        .pop()
+        .unwrap_or_else(|| {
+            Err(ErrorResponse::new(
+                ErrorCode::Internal,
+                "no put was written",
+            ))
         })
-        .collect();
-    let framed = batches
-        .into_iter()
-        .map(|b| FramedPut {
-            partition: b.partition,
-            records_crc: b.records_crc,
-            batch: b.batch,
-        })
-        .collect();
-    let submitted = shared
-        .broker
-        .submit_batches(&stream, framed)
-        .map_err(|e| to_wire(&e))?;
-    Ok(WrittenPut {
-        stream,
-        submitted: Submitted::Batches(submitted, bytes),
-        records: 0,
-        bytes: 0,
-    })
+}
+
+/// [`submit_batches`] for several `PutBatches` requests of one connection, in order: each
+/// consecutive run of them to the same stream goes to the broker together, which writes each
+/// partition's batches from all of them at once (`Broker::submit_batches_many`). Each request
+/// still succeeds or fails on its own. Returns one result per request, in order.
+pub(crate) fn submit_batches_many(
+    shared: &Shared,
+    puts: Vec<(String, Vec<FramedBatch>)>,
+) -> Vec<Result<WrittenPut, ErrorResponse>> {
+    let mut out = Vec::with_capacity(puts.len());
+    let mut puts = puts.into_iter().peekable();
+    while let Some((stream, batches)) = puts.next() {
+        let mut run = vec![batches];
+        while let Some((_, more)) = puts.next_if(|(next, _)| *next == stream) {
+            run.push(more);
+        }
+        // Key and value bytes per batch, for the statistics: the batch less its headers.
+        let bytes: Vec<Vec<u64>> = run
+            .iter()
+            .map(|batches| {
+                batches
+                    .iter()
+                    .map(|b| {
+                        (b.batch.len() as u64)
+                            .saturating_sub(BATCH_HEADER_LEN as u64)
+                            .saturating_sub(u64::from(b.record_count()) * RECORD_HEADER_LEN as u64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let framed = run
+            .into_iter()
+            .map(|batches| {
+                batches
+                    .into_iter()
+                    .map(|b| FramedPut {
+                        partition: b.partition,
+                        records_crc: b.records_crc,
+                        batch: b.batch,
+                    })
+                    .collect()
+            })
+            .collect();
+        let submitted = shared.broker.submit_batches_many(&stream, framed);
+        for (result, bytes) in submitted.into_iter().zip(bytes) {
+            out.push(
+                result
+                    .map(|submitted| WrittenPut {
+                        stream: stream.clone(),
+                        submitted: Submitted::Batches(submitted, bytes),
+                        records: 0,
+                        bytes: 0,
+                    })
+                    .map_err(|e| to_wire(&e)),
+            );
+        }
+    }
+    out
 }
 
 /// A written put taken apart: the fsync waits it still needs, and what to answer and publish once

@@ -295,6 +295,111 @@ async fn answers_queued_together_come_back_whole_small_and_large_alike() {
     }
 }
 
+/// A `PutBatches` request of one batch per partition of a two-partition stream, each of `n`
+/// records whose values say which request and record they are.
+fn put_batches(stream: &str, request: u32, n: u32) -> Request {
+    let batches = (0..2u32)
+        .map(|p| {
+            let mut b = sluice_protocol::batch::BatchBuilder::new(p);
+            for r in 0..n {
+                b.push(b"k", format!("{request}-{r}").as_bytes()).unwrap();
+            }
+            b.finish().unwrap()
+        })
+        .collect();
+    Request::PutBatches {
+        stream: stream.into(),
+        batches,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_framed_puts_that_arrive_together_keep_their_order_and_fail_alone() {
+    // Requests that arrive together are written together, one write per partition, but each
+    // is still answered on its own: a body that does not decode and a damaged batch among them
+    // fail alone, and the rest land in the order sent.
+    use sluice_protocol::message::Kind;
+    for policy in policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), config_with(policy))
+            .await
+            .unwrap();
+        let mut c = Conn::open(server.local_addr()).await;
+        c.call(create("s", 2)).await.unwrap();
+        let mut out = BytesMut::new();
+        let mut ids = Vec::new();
+        for i in 0..12u32 {
+            let id = c.next_id;
+            c.next_id += 1;
+            ids.push(id);
+            match i {
+                5 => sluice_protocol::frame::encode_frame(
+                    &mut out,
+                    Kind::PutBatches as u16,
+                    0,
+                    id,
+                    |b| b.extend_from_slice(b"not a put"),
+                ),
+                8 => {
+                    let mut bad = put_batches("s", i, 10);
+                    if let Request::PutBatches { batches, .. } = &mut bad {
+                        let last = batches[1].batch.len() - 1;
+                        batches[1].batch[last] ^= 0x40;
+                    }
+                    bad.encode(id, &mut out);
+                }
+                _ => put_batches("s", i, 10).encode(id, &mut out),
+            }
+        }
+        c.s.write_all(&out).await.unwrap();
+        let mut answers = std::collections::HashMap::new();
+        for _ in 0..ids.len() {
+            let (id, answer) = c.recv().await.expect("an answer for every request");
+            assert!(answers.insert(id, answer).is_none());
+        }
+        let mut next = 0;
+        let mut stored_order = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match (i, &answers[id]) {
+                (5, Err(e)) => {
+                    assert_eq!(e.code, ErrorCode::MalformedRequest.as_u16(), "{policy:?}")
+                }
+                (8, Err(e)) => assert_eq!(e.code, ErrorCode::BadBatch.as_u16(), "{policy:?}"),
+                (_, Ok(Response::PutBatches(acks))) => {
+                    for a in acks {
+                        assert_eq!(
+                            (a.status, a.base_offset),
+                            (0, next),
+                            "{policy:?}, request {i}"
+                        );
+                    }
+                    next += 10;
+                    stored_order.push(i);
+                }
+                (i, answer) => panic!("request {i} under {policy:?}: {answer:?}"),
+            }
+        }
+        // Each partition holds the good requests' records, in the order sent.
+        for p in 0..2 {
+            let Ok(Response::Read(r)) = c.call(read_req("s", p, ReadFrom::Offset(0), 0)).await
+            else {
+                panic!("read failed")
+            };
+            let values: Vec<String> = r
+                .records
+                .iter()
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .collect();
+            let expected: Vec<String> = stored_order
+                .iter()
+                .flat_map(|i| (0..10).map(move |r| format!("{i}-{r}")))
+                .collect();
+            assert_eq!(values, expected, "partition {p} under {policy:?}");
+        }
+        server.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_wakes_when_data_arrives() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! Preallocation of file blocks, the second module allowed `unsafe` (one `fallocate` call).
+//! The file calls `std` does not offer: reserving blocks (`fallocate`) and a positional
+//! vectored write (`pwritev`). The second module allowed `unsafe`, for these two calls.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -17,6 +18,13 @@ pub fn preallocate(file: &File, position: u64, len: u64) -> io::Result<()> {
         return Ok(());
     }
     imp::preallocate(file, position, len)
+}
+
+/// Writes all of `bufs`, one after another, at `position` of `file`: one `pwritev` for many
+/// buffers where the operating system has it (a loop of positional writes elsewhere), repeated
+/// for what a short write left. On error, any prefix of the bytes may have been written.
+pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+    imp::write_all_vectored_at(file, bufs, position)
 }
 
 #[cfg(target_os = "linux")]
@@ -49,14 +57,105 @@ mod imp {
             }
         }
     }
+
+    /// The most buffers one `pwritev` takes (`IOV_MAX` on Linux).
+    const IOV_MAX: usize = 1024;
+
+    pub(super) fn write_all_vectored_at(
+        file: &File,
+        bufs: &[&[u8]],
+        mut position: u64,
+    ) -> io::Result<()> {
+        // Whole buffers left, and how much of the first of them is already written.
+        let mut rest = bufs;
+        let mut skip = 0usize;
+        while let Some(first) = rest.first() {
+            if skip == first.len() {
+                rest = rest.get(1..).unwrap_or_default();
+                skip = 0;
+                continue;
+            }
+            let iov: Vec<libc::iovec> = rest
+                .iter()
+                .take(IOV_MAX)
+                .enumerate()
+                .map(|(i, b)| {
+                    let b = if i == 0 {
+                        b.get(skip..).unwrap_or_default()
+                    } else {
+                        b
+                    };
+                    libc::iovec {
+                        iov_base: b.as_ptr() as *mut libc::c_void,
+                        iov_len: b.len(),
+                    }
+                })
+                .collect();
+            let offset = libc::off_t::try_from(position).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "position past what a file can hold",
+                )
+            })?;
+            // SAFETY: every iovec points into a slice borrowed for this call, with its length;
+            // `pwritev` only reads them, and the descriptor is open while `file` is borrowed.
+            let n = unsafe {
+                libc::pwritev(
+                    file.as_raw_fd(),
+                    iov.as_ptr(),
+                    iov.len() as libc::c_int,
+                    offset,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            // Step over what was written: whole buffers, then part of the next.
+            let mut n = n as usize;
+            position += n as u64;
+            while n > 0 {
+                let Some(first) = rest.first() else { break };
+                let left = first.len() - skip;
+                if n >= left {
+                    n -= left;
+                    rest = rest.get(1..).unwrap_or_default();
+                    skip = 0;
+                } else {
+                    skip += n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use std::fs::File;
     use std::io;
+    use std::os::unix::fs::FileExt;
 
     pub(super) fn preallocate(_file: &File, _position: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(super) fn write_all_vectored_at(
+        file: &File,
+        bufs: &[&[u8]],
+        mut position: u64,
+    ) -> io::Result<()> {
+        for b in bufs {
+            file.write_all_at(b, position)?;
+            position += b.len() as u64;
+        }
         Ok(())
     }
 }
@@ -107,6 +206,34 @@ mod tests {
             allocated(&file)
         );
         assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; 100]);
+    }
+
+    #[test]
+    fn a_vectored_write_lands_every_buffer_in_order_past_the_iov_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"head", 0).unwrap();
+        // More buffers than one call takes, empty ones among them.
+        let owned: Vec<Vec<u8>> = (0..2500u32)
+            .map(|i| vec![(i % 251) as u8; (i % 7) as usize])
+            .collect();
+        let bufs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        write_all_vectored_at(&file, &bufs, 4).unwrap();
+        let mut expected = b"head".to_vec();
+        expected.extend(owned.iter().flatten());
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        write_all_vectored_at(&file, &[], 2).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            expected,
+            "nothing to write changes nothing"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use fallocate::preallocate;
+pub use fallocate::{preallocate, write_all_vectored_at};
 pub use std_fs::StdFs;
 
 /// Read-only bytes of a whole file: a memory map for the real file system.
@@ -38,6 +38,16 @@ pub trait FileHandle: Send + Sync + Debug {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
     /// Writes all of `buf` at `position`. On error, any prefix of `buf` may have been written.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Writes all of `bufs`, one after another, at `position`: for the real file system one
+    /// `pwritev` ([`write_all_vectored_at`]). On error, any prefix of the bytes may have been
+    /// written. The default writes them one by one.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        for b in bufs {
+            self.write_all_at(b, position)?;
+            position += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Makes the file's data durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Current length of the file.

@@ -24,6 +24,10 @@ impl FileHandle for StdFile {
         self.0.write_all_at(buf, position)
     }
 
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+        super::write_all_vectored_at(&self.0, bufs, position)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
