@@ -678,14 +678,16 @@ impl Broker {
     }
 
     /// [`Broker::submit_batches`] for several requests of one producer to the same stream, in
-    /// order, as if submitted one after another: each is checked on its own and fails alone,
-    /// and each partition's batches from all of them go out in one write (see
-    /// [`Log::write_prepared_many`]), which costs the kernel less per byte than a write each.
-    /// Returns one result per request, in order.
+    /// order: each is checked on its own and fails alone, and each partition's batches from all
+    /// of them go out in one write (see [`Log::write_prepared_many`]), which costs the kernel
+    /// less per byte than a write each. Every partition holds the requests' batches in the
+    /// order of the requests. Returns one result per request, in order.
     ///
     /// If a write fails, the batches it held are written again one by one, so that each request
     /// gets its own outcome; a failed write takes back what it wrote, so nothing is written
-    /// twice.
+    /// twice. A request that fails may have had its batches for other partitions written, as a
+    /// put whose partitions fail apart may (at-least-once); in the failed partition, nothing of
+    /// it past the failed batch is written.
     ///
     /// [`Log::write_prepared_many`]: sluice_log::Log::write_prepared_many
     pub fn submit_batches_many<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -732,14 +734,27 @@ impl Broker {
             if *closed {
                 results.extend(list.iter().map(|_| Ok(None)));
             } else {
+                let owners: Vec<usize> = list.iter().map(|(put, _, _)| *put).collect();
                 let mut refs: Vec<&mut PreparedBatch<B>> =
                     list.iter_mut().map(|(_, _, b)| &mut **b).collect();
                 let (written, failed) = p.log.write_prepared_many(&mut refs);
                 results.extend(written.into_iter().map(|w| Ok(Some(w))));
                 if failed.is_some() {
-                    // The rest one by one, each with its own outcome.
-                    for b in refs.into_iter().skip(results.len()) {
-                        results.push(p.log.write_prepared(b).map(Some).map_err(Error::from));
+                    // The rest one by one, each with its own outcome. Once a request's batch
+                    // fails, its later batches here are not written: a retry of the request
+                    // must not find them stored ahead of the one that failed. (Their result is
+                    // never read: the request fails with the earlier batch's error.)
+                    let mut failed_puts = Vec::new();
+                    for (b, put) in refs.into_iter().zip(owners).skip(results.len()) {
+                        if failed_puts.contains(&put) {
+                            results.push(Ok(None));
+                            continue;
+                        }
+                        let r = p.log.write_prepared(b).map(Some).map_err(Error::from);
+                        if r.is_err() {
+                            failed_puts.push(put);
+                        }
+                        results.push(r);
                     }
                 }
             }

@@ -408,3 +408,58 @@ fn a_failed_write_of_requests_written_together_fails_each_of_them_and_stores_not
         assert_eq!(pairs(&stored), expected, "partition {p}");
     }
 }
+
+#[test]
+fn a_request_whose_batch_fails_writes_none_of_its_later_batches_there() {
+    // The first of a request's two batches for one partition needs a new segment, which cannot
+    // be made; the second would fit in the old one. Written, it would sit in the log ahead of
+    // the first when the producer sends the failed request again.
+    use std::sync::Arc;
+
+    use sluice_log::io::sim::SimFs;
+    let fs = SimFs::new();
+    let options = BrokerOptions {
+        log: sluice_log::LogOptions::default().segment_bytes_max(8192),
+        ..BrokerOptions::default()
+    };
+    let b = Broker::open_with_fs(Arc::new(fs.clone()), "/data", options).unwrap();
+    stream(&b, 1);
+    let batch = |n: usize, tag: &str| {
+        let mut builder = BatchBuilder::new(0);
+        for i in 0..n {
+            builder
+                .push(b"k", format!("{tag}-{i}-{}", "v".repeat(90)).as_bytes())
+                .unwrap();
+        }
+        builder.finish().unwrap()
+    };
+    b.submit_batches("s", framed(vec![batch(40, "first")]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let before = ends(&b);
+    fs.fail_creates(Some(std::io::ErrorKind::Other));
+    let e = b
+        .submit_batches("s", framed(vec![batch(60, "big"), batch(2, "small")]))
+        .unwrap_err();
+    assert!(matches!(e, Error::Log(_)), "{e}");
+    assert_eq!(
+        ends(&b),
+        before,
+        "nothing of the failed request was written"
+    );
+    // Once segments can be made again, the request goes in whole, in order.
+    fs.fail_creates(None);
+    b.submit_batches("s", framed(vec![batch(60, "big"), batch(2, "small")]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    let stored = b.read("s", 0, 0, ReadLimits::default()).unwrap();
+    let values: Vec<String> = stored
+        .iter()
+        .map(|r| String::from_utf8(r.value[..r.value.len() - 91].to_vec()).unwrap())
+        .collect();
+    assert_eq!(values.len(), 102);
+    assert_eq!(values[40], "big-0");
+    assert_eq!(values[100], "small-0");
+}

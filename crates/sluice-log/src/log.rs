@@ -584,12 +584,12 @@ impl Log {
         // flush are flushed first.
         let active_base = shared.lock_state()?.active.base_offset;
         shared.flush_sealed(active_base)?;
-        let st = shared.lock_state()?;
+        let mut st = shared.lock_state()?;
         shared.check_writable()?;
-        let a = &st.active;
-        a.file.sync_data().at(&a.path)?;
+        st.active.file.sync_data().at(&st.active.path)?;
         // A closed log holds no disk beyond its data.
-        release_reserved(a);
+        release_reserved(&mut st.active);
+        let a = &st.active;
         let mut index = a.index.clone();
         index.finish();
         write_indexes(&*shared.fs, &shared.dir, a.base_offset, &index)?;
@@ -788,7 +788,8 @@ impl Shared {
             self.fsync_data(&*a.file, &a.path)?;
         }
         // The segment takes no more appends.
-        release_reserved(a);
+        release_reserved(&mut st.active);
+        let a = &st.active;
         let mut index = a.index.clone();
         index.finish();
         if deferred {
@@ -1633,8 +1634,11 @@ fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, base: u64, segment: boo
 /// Gives back the blocks reserved past the end of `a` ([`LogOptions::preallocate_bytes`]), for
 /// a segment that takes no more appends. Truncating a file to its own length does that and
 /// changes no byte, so a failure only leaves the blocks reserved until the segment is deleted.
-fn release_reserved(a: &ActiveSegment) {
+fn release_reserved(a: &mut ActiveSegment) {
     if let Err(e) = a.file.set_len(a.len) {
         warn!(path = %a.path.display(), error = %e, "could not give back the blocks reserved past a segment's end");
     }
+    // Should the segment take appends after all (a roll that could not make the next segment),
+    // its blocks are reserved again from its end.
+    a.preallocated_end = a.len;
 }

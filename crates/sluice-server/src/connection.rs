@@ -536,9 +536,16 @@ async fn serve(
                     (&in_flight, &memory),
                     stopped,
                     &mut group,
+                    HEADER_LEN + header.body_len as usize,
                 );
+                // The abort may have come while the group was gathered: then only the request
+                // in hand is written, as without gathering (see `serve`).
+                if stopped.load(Ordering::Acquire) || shared.aborted.load(Ordering::Acquire) {
+                    group.truncate(1);
+                }
                 let mut puts = Vec::new();
                 let mut answers = Vec::with_capacity(group.len());
+                let mut refused = Vec::new();
                 for g in group {
                     match g {
                         Gathered::Put {
@@ -549,32 +556,35 @@ async fn serve(
                             held,
                         } => {
                             puts.push((stream, batches));
-                            answers.push((kind, id, Some(held)));
+                            answers.push((kind, id, held));
                         }
-                        Gathered::Refused(kind, id, e) => {
-                            let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
-                        }
+                        Gathered::Refused(kind, id, e) => refused.push((kind, id, e)),
                     }
                 }
                 let n = puts.len();
                 // A panic in the broker is a bug; it fails these puts with `Internal` and the
                 // connection goes on, as it would for any other request.
-                let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut written = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     handler::submit_batches_many(&shared, puts)
                 }))
-                .unwrap_or_else(|_| (0..n).map(|_| Err(internal())).collect());
-                for ((kind, id, held), written) in answers.into_iter().zip(written) {
-                    if let Some(held) = held {
-                        settle_put(
-                            &shared,
-                            (&mut requests, &server_rt, &out_tx),
-                            (kind, id),
-                            held,
-                            written,
-                            started,
-                        )
-                        .await;
-                    }
+                .unwrap_or_else(|_| (0..n).map(|_| Err(internal())).collect())
+                .into_iter();
+                for (kind, id, held) in answers {
+                    // One result per request; should one ever be missing, the request still
+                    // gets an answer.
+                    let written = written.next().unwrap_or_else(|| Err(internal()));
+                    settle_put(
+                        &shared,
+                        (&mut requests, &server_rt, &out_tx),
+                        (kind, id),
+                        held,
+                        written,
+                        started,
+                    )
+                    .await;
+                }
+                for (kind, id, e) in refused {
+                    let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
                 }
             }
             request @ Request::Put { .. } => {
@@ -678,7 +688,8 @@ enum Gathered {
 /// Most `PutBatches` requests written together, the one in hand included.
 const GATHER_PUTS_MAX: usize = 8;
 
-/// Most frame bytes written together.
+/// Most frame bytes written together, the frame in hand included (a frame that would pass it
+/// is left for the next round).
 const GATHER_BYTES_MAX: usize = 8 << 20;
 
 /// Takes the `PutBatches` requests that follow the one in hand off the connection, as long as
@@ -697,11 +708,12 @@ fn gather_puts(
     (in_flight, budget): (&Arc<Semaphore>, &Arc<Semaphore>),
     stopped: &AtomicBool,
     group: &mut Vec<Gathered>,
+    in_hand_bytes: usize,
 ) {
     let max = shared.config.max_frame_bytes;
     let put_max = shared.broker.options().put_records_max;
-    let mut bytes = 0usize;
-    while group.len() < GATHER_PUTS_MAX && bytes < GATHER_BYTES_MAX {
+    let mut bytes = in_hand_bytes;
+    while group.len() < GATHER_PUTS_MAX {
         // Nothing the client sent after an abort is written (see `serve`).
         if stopped.load(Ordering::Acquire) || shared.aborted.load(Ordering::Acquire) {
             return;
@@ -727,6 +739,9 @@ fn gather_puts(
             return;
         }
         let total = HEADER_LEN + header.body_len as usize;
+        if bytes + total > GATHER_BYTES_MAX {
+            return;
+        }
         let Some(count) = buf
             .get(HEADER_LEN..total)
             .and_then(sluice_protocol::message::put_batches_count)
@@ -755,7 +770,11 @@ fn gather_puts(
                 batches,
                 held: (permit, held),
             }),
-            Ok(_) => return,
+            // A `PutBatches` frame decodes to nothing else; should it, it is answered.
+            Ok(_) => {
+                group.push(Gathered::Refused(kind, id, internal()));
+                return;
+            }
             Err(e) => {
                 let e = ErrorResponse::new(ErrorCode::MalformedRequest, e.to_string());
                 group.push(Gathered::Refused(kind, id, e));

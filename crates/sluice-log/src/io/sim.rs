@@ -55,6 +55,8 @@ struct Faults {
     fault_scope: Option<PathBuf>,
     /// Error returned by every `preallocate` while set.
     preallocate_error: Option<io::ErrorKind>,
+    /// Error returned by every creation of a file while set.
+    create_error: Option<io::ErrorKind>,
 }
 
 #[derive(Debug, Default)]
@@ -275,6 +277,12 @@ impl SimFs {
                 .0;
         }
         true
+    }
+
+    /// Makes every creation of a file fail with `kind` (as running out of file descriptors or
+    /// inodes would), or succeed again with `None`; writes to files already open go on.
+    pub fn fail_creates(&self, kind: Option<io::ErrorKind>) {
+        self.lock().faults.create_error = kind;
     }
 
     /// Makes every `preallocate` fail with `kind` (as a file system without `fallocate`, or a
@@ -591,6 +599,9 @@ impl FileSystem for SimFs {
         let ino = match mode {
             OpenMode::CreateNew => {
                 st.tick()?;
+                if let Some(kind) = st.faults.create_error {
+                    return Err(io::Error::from(kind));
+                }
                 if st.live_names.contains_key(path) {
                     return Err(io::Error::from(io::ErrorKind::AlreadyExists));
                 }
