@@ -127,6 +127,19 @@ impl Conn {
         }
     }
 
+    /// Reads `n` answers, each under its own id, once.
+    async fn recv_answers(&mut self, n: usize) -> std::collections::HashMap<u64, Answer> {
+        let mut answers = std::collections::HashMap::new();
+        for _ in 0..n {
+            let (id, answer) = self.recv().await.expect("an answer for every request");
+            assert!(
+                answers.insert(id, answer).is_none(),
+                "id {id} answered twice"
+            );
+        }
+        answers
+    }
+
     async fn call(&mut self, req: Request) -> Answer {
         let id = self.send(&req).await;
         let (got, answer) = self.recv().await.expect("connection closed");
@@ -269,14 +282,7 @@ async fn answers_queued_together_come_back_whole_small_and_large_alike() {
             });
         }
         let ids = c.send_together(&reqs).await;
-        let mut answers = std::collections::HashMap::new();
-        for _ in 0..reqs.len() {
-            let (id, answer) = c.recv().await.expect("an answer for every request");
-            assert!(
-                answers.insert(id, answer).is_none(),
-                "id {id} answered twice"
-            );
-        }
+        let answers = c.recv_answers(reqs.len()).await;
         let mut next_offset = 1;
         for (req, id) in reqs.iter().zip(&ids) {
             match (req, &answers[id]) {
@@ -352,11 +358,7 @@ async fn producer_framed_puts_that_arrive_together_keep_their_order_and_fail_alo
             }
         }
         c.s.write_all(&out).await.unwrap();
-        let mut answers = std::collections::HashMap::new();
-        for _ in 0..ids.len() {
-            let (id, answer) = c.recv().await.expect("an answer for every request");
-            assert!(answers.insert(id, answer).is_none());
-        }
+        let answers = c.recv_answers(ids.len()).await;
         let mut next = 0;
         let mut stored_order = Vec::new();
         for (i, id) in ids.iter().enumerate() {

@@ -168,13 +168,8 @@ mod tests {
 
     use super::*;
 
-    /// Bytes of disk the file holds, from `st_blocks` (512-byte units).
-    fn allocated(file: &File) -> u64 {
-        file.metadata().unwrap().blocks() * 512
-    }
-
-    #[test]
-    fn reserves_blocks_past_the_end_and_a_truncate_to_the_same_length_gives_them_back() {
+    /// A new, empty file in a directory of its own.
+    fn new_file() -> (tempfile::TempDir, std::path::PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = File::options()
@@ -183,6 +178,17 @@ mod tests {
             .create_new(true)
             .open(&path)
             .unwrap();
+        (dir, path, file)
+    }
+
+    /// Bytes of disk the file holds, from `st_blocks` (512-byte units).
+    fn allocated(file: &File) -> u64 {
+        file.metadata().unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn reserves_blocks_past_the_end_and_a_truncate_to_the_same_length_gives_them_back() {
+        let (dir, path, file) = new_file();
         std::os::unix::fs::FileExt::write_all_at(&file, &[7u8; 100], 0).unwrap();
         match preallocate(&file, 100, 4 << 20) {
             Ok(()) => {}
@@ -212,14 +218,7 @@ mod tests {
 
     #[test]
     fn a_vectored_write_lands_every_buffer_in_order_past_the_iov_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = new_file();
         std::os::unix::fs::FileExt::write_all_at(&file, b"head", 0).unwrap();
         // More buffers than one call takes, empty ones among them.
         let owned: Vec<Vec<u8>> = (0..2500u32)
