@@ -587,11 +587,11 @@ async fn serve(
                     let _ = out_tx.send(encode_answer(kind, id, Err(e))).await;
                 }
             }
-            request @ Request::Put { .. } => {
+            Request::Put { stream, records } => {
                 // Written on the connection's own thread, as above.
                 let started = Instant::now();
                 let written = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    handler::submit_write(&shared, request)
+                    handler::submit_put(&shared, stream, records)
                 }))
                 .unwrap_or_else(|_| Err(internal()));
                 settle_put(

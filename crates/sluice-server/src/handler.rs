@@ -271,18 +271,6 @@ impl WrittenPut {
     }
 }
 
-/// Writes a `Put` or a `PutBatches` request (see [`submit_put`] and [`submit_batches`]).
-pub(crate) fn submit_write(shared: &Shared, request: Request) -> Result<WrittenPut, ErrorResponse> {
-    match request {
-        Request::Put { stream, records } => submit_put(shared, stream, records),
-        Request::PutBatches { stream, batches } => submit_batches(shared, stream, batches),
-        other => Err(ErrorResponse::new(
-            ErrorCode::Internal,
-            format!("{:?} is not a put", other.kind()),
-        )),
-    }
-}
-
 /// Writes a put (validated, routed, in the connection's order) and returns a handle to wait for
 /// its acknowledgement. It blocks on disk I/O: the caller runs it on the connection's own thread,
 /// never on one that serves other connections.
@@ -315,23 +303,8 @@ pub(crate) fn submit_put(
     })
 }
 
-/// [`submit_put`] for producer-framed batches: checked, then written where they arrived.
-pub(crate) fn submit_batches(
-    shared: &Shared,
-    stream: String,
-    batches: Vec<FramedBatch>,
-) -> Result<WrittenPut, ErrorResponse> {
-    submit_batches_many(shared, vec![(stream, batches)])
-        .pop()
-        .unwrap_or_else(|| {
-            Err(ErrorResponse::new(
-                ErrorCode::Internal,
-                "no put was written",
-            ))
-        })
-}
-
-/// [`submit_batches`] for several `PutBatches` requests of one connection, in order: each
+/// [`submit_put`] for `PutBatches` requests, producer-framed batches checked and then written
+/// where they arrived, several of one connection at once, in order: each
 /// consecutive run of them to the same stream goes to the broker together, which writes each
 /// partition's batches from all of them at once (`Broker::submit_batches_many`). Each request
 /// still succeeds or fails on its own. Returns one result per request, in order.

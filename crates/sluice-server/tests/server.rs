@@ -41,6 +41,18 @@ fn config_with(policy: FsyncPolicy) -> ServerConfig {
     c
 }
 
+/// A server under `policy` on a fresh directory (kept while the first item lives), and a
+/// greeted connection to it that has created stream "s" of `partitions` partitions.
+async fn serve_stream(policy: FsyncPolicy, partitions: u32) -> (tempfile::TempDir, Server, Conn) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), config_with(policy))
+        .await
+        .unwrap();
+    let mut c = Conn::open(server.local_addr()).await;
+    c.call(create("s", partitions)).await.unwrap();
+    (dir, server, c)
+}
+
 /// A minimal test client: writes frames, reads frames, no pipelining logic of its own.
 struct Conn {
     s: TcpStream,
@@ -221,12 +233,7 @@ async fn put_and_read_are_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_puts_keep_their_order_and_answers_match_ids() {
     for policy in policies() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(dir.path(), config_with(policy))
-            .await
-            .unwrap();
-        let mut c = Conn::open(server.local_addr()).await;
-        c.call(create("s", 4)).await.unwrap();
+        let (_dir, server, mut c) = serve_stream(policy, 4).await;
         let mut ids = Vec::new();
         for i in 0..100u32 {
             let req = Request::Put {
@@ -257,12 +264,7 @@ async fn answers_queued_together_come_back_whole_small_and_large_alike() {
     // small ones leave in one write; a read's answer past the joining limit goes out on its
     // own, between them. Every answer must still arrive whole, once, under its own id.
     for policy in policies() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(dir.path(), config_with(policy))
-            .await
-            .unwrap();
-        let mut c = Conn::open(server.local_addr()).await;
-        c.call(create("s", 1)).await.unwrap();
+        let (_dir, server, mut c) = serve_stream(policy, 1).await;
         let big = Bytes::from(vec![0xa5u8; 200 << 10]);
         c.call(Request::Put {
             stream: "s".into(),
@@ -326,12 +328,7 @@ async fn producer_framed_puts_that_arrive_together_keep_their_order_and_fail_alo
     // fail alone, and the rest land in the order sent.
     use sluice_protocol::message::Kind;
     for policy in policies() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(dir.path(), config_with(policy))
-            .await
-            .unwrap();
-        let mut c = Conn::open(server.local_addr()).await;
-        c.call(create("s", 2)).await.unwrap();
+        let (_dir, server, mut c) = serve_stream(policy, 2).await;
         let mut out = BytesMut::new();
         let mut ids = Vec::new();
         for i in 0..12u32 {
