@@ -222,10 +222,10 @@ async fn read_frame(shared: &Shared, rd: &mut OwnedReadHalf, buf: &mut BytesMut)
                     let body = frame.split_off(HEADER_LEN);
                     return ReadOutcome::Frame(h, body);
                 }
-                // The length was checked against the limit before this reservation.
-                buf.reserve(total - buf.len());
+                // The length was checked against the limit before this allocation.
+                make_room(buf, Some(total));
             }
-            Ok(None) => {}
+            Ok(None) => make_room(buf, None),
             Err(WireError::FrameTooLarge { len, max }) => {
                 let (kind, id) = header_ids(buf);
                 let e = ErrorResponse::new(
@@ -259,6 +259,29 @@ async fn read_frame(shared: &Shared, rd: &mut OwnedReadHalf, buf: &mut BytesMut)
             Ok(_) => {}
         }
     }
+}
+
+/// Bytes read while the next frame's length is not known yet.
+const READ_AHEAD: usize = 8 << 10;
+
+/// Makes room in `buf` for the frame being read: for all of it once its header is in (`total`
+/// bytes, header included), else for its header and a little more.
+///
+/// A frame that does not fit gets a buffer of exactly its size, into which what was read of it
+/// so far (at most `READ_AHEAD` bytes) is copied once. So a read never runs past the end of a
+/// large frame: otherwise the next frame's first bytes would share the buffer, which is held
+/// for as long as the frame's batches are, and would have to be copied out again, and a put of
+/// half a megabyte had up to that much copied twice.
+fn make_room(buf: &mut BytesMut, total: Option<usize>) {
+    let needed = match total {
+        Some(total) if buf.capacity() < total => total,
+        Some(_) => return,
+        None if buf.capacity() - buf.len() < HEADER_LEN => READ_AHEAD.max(buf.len() + HEADER_LEN),
+        None => return,
+    };
+    let mut fresh = BytesMut::with_capacity(needed);
+    fresh.extend_from_slice(buf);
+    *buf = fresh;
 }
 
 /// Kind and correlation id from a header that failed its checks, to address the error answer.
@@ -391,7 +414,7 @@ async fn serve(
         let _ = wr.shutdown().await;
     }));
 
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = BytesMut::with_capacity(READ_AHEAD);
     let mut shutdown = shared.shutdown_rx();
     let mut greeted = false;
     let mut requests = JoinSet::new();
@@ -725,9 +748,9 @@ fn gather_puts(
                     if buf.len() >= total {
                         break h;
                     }
-                    buf.reserve(total - buf.len());
+                    make_room(buf, Some(total));
                 }
-                Ok(None) => buf.reserve(HEADER_LEN),
+                Ok(None) => make_room(buf, None),
                 Err(_) => return,
             }
             match rd.try_read_buf(buf) {
@@ -851,5 +874,92 @@ mod tests {
         let caught: std::thread::Result<()> = run(CatchUnwind(Box::pin(yields_then_panics)));
         let panic = caught.expect_err("the panic comes out as an error");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"inside the future"));
+    }
+
+    /// Reads frames from `stream` as `read_frame` does, each read taking at most `chunk` bytes
+    /// and never more than the buffer has room for (as a socket read into it does). Returns
+    /// the frames and how many bytes were copied from one buffer to another on the way.
+    fn frames_read_in_chunks(stream: &[u8], chunk: usize) -> (Vec<(FrameHeader, BytesMut)>, usize) {
+        let mut buf = BytesMut::with_capacity(READ_AHEAD);
+        let mut at = 0;
+        let mut frames = Vec::new();
+        let mut copied = 0;
+        loop {
+            let (start, len) = (buf.as_ptr(), buf.len());
+            match FrameHeader::decode(&buf, u32::MAX).expect("a valid header") {
+                Some(h) => {
+                    let total = HEADER_LEN + h.body_len as usize;
+                    if buf.len() >= total {
+                        let mut frame = buf.split_to(total);
+                        frames.push((h, frame.split_off(HEADER_LEN)));
+                        continue;
+                    }
+                    make_room(&mut buf, Some(total));
+                }
+                None => make_room(&mut buf, None),
+            }
+            if buf.as_ptr() != start {
+                copied += len;
+            }
+            if at == stream.len() {
+                return (frames, copied);
+            }
+            let room = buf.capacity() - buf.len();
+            assert!(room > 0, "a read always has room");
+            let n = room.min(chunk).min(stream.len() - at);
+            buf.extend_from_slice(&stream[at..at + n]);
+            at += n;
+        }
+    }
+
+    #[test]
+    fn frames_come_whole_with_no_more_than_the_read_ahead_copied() {
+        let sizes = [
+            10usize,
+            600 << 10,
+            3,
+            0,
+            100 << 10,
+            5,
+            7,
+            READ_AHEAD * 3 + 1,
+        ];
+        let mut stream = BytesMut::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            let header = FrameHeader {
+                body_len: len as u32,
+                kind: Kind::PutBatches as u16,
+                flags: 0,
+                correlation_id: i as u64,
+            };
+            stream.extend_from_slice(&header.encode());
+            stream.extend((0..len).map(|b| (b % 251) as u8 ^ i as u8));
+        }
+        for chunk in [1, 7, 4096, 64 << 10, usize::MAX] {
+            let (frames, copied) = frames_read_in_chunks(&stream, chunk);
+            assert_eq!(frames.len(), sizes.len(), "chunks of {chunk}");
+            // What was read of a frame before its length was known is copied once at most, and
+            // that is never more than the read-ahead.
+            let most: usize = sizes
+                .iter()
+                .map(|len| (HEADER_LEN + len).min(READ_AHEAD))
+                .sum();
+            assert!(copied <= most, "{copied} bytes copied, chunks of {chunk}");
+            for (i, ((h, body), &len)) in frames.iter().zip(&sizes).enumerate() {
+                assert_eq!(h.correlation_id, i as u64);
+                assert_eq!(body.len(), len);
+                assert!(
+                    body.iter()
+                        .enumerate()
+                        .all(|(b, &v)| v == (b % 251) as u8 ^ i as u8),
+                    "frame {i} whole, chunks of {chunk}"
+                );
+                // A frame larger than the read-ahead was read into a buffer of its own size,
+                // so no byte of the next frame was read into it.
+                if HEADER_LEN + len > READ_AHEAD {
+                    assert_eq!(body.capacity(), len, "frame {i}, chunks of {chunk}");
+                }
+            }
+        }
     }
 }
