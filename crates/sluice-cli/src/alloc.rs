@@ -16,9 +16,14 @@
 /// and read answers are up to 8 MiB, the default frame limit.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 8 << 20;
-/// Free memory at the top of a heap beyond this goes back to the kernel.
+/// Free memory at the top of a heap beyond this goes back to the kernel. Four consumers'
+/// answers of 4 MiB each, with the 1 MiB chunks their reads fill, often leave more than 16 MiB
+/// free at the top of a heap, and what is trimmed is faulted in again page by page for the next
+/// answers: a catch-up read of 1 GB faulted in 49,000-72,000 pages at 16 MiB, 21,000-24,000 at
+/// 64 MiB (`docs/benchmarks.md`). What it keeps is memory the server just used, so peak RSS stays
+/// well under the 256 MiB target (about 150 MiB consuming).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_THRESHOLD: libc::c_int = 16 << 20;
+const TRIM_THRESHOLD: libc::c_int = 64 << 20;
 
 /// Sets the thresholds. Call first thing in `main`, before any thread starts.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
