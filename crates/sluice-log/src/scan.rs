@@ -70,9 +70,9 @@ impl<'a> BatchScanner<'a> {
         }
         let len = need.max(self.chunk as u64).min(self.end - self.position);
         // `len` is bounded by a batch length (at most BATCH_BYTES_MAX) or the chunk size.
-        let mut v = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut v, self.position)
+        let v = self
+            .file
+            .read_exact_vec_at(len as usize, self.position)
             .at(self.path)?;
         self.buf = Bytes::from(v);
         self.buf_start = self.position;

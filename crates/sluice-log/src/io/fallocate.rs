@@ -1,5 +1,6 @@
-//! The file calls `std` does not offer: reserving blocks (`fallocate`) and a positional
-//! vectored write (`pwritev`). The second module allowed `unsafe`, for these two calls.
+//! The file calls `std` does not offer: reserving blocks (`fallocate`), a positional vectored
+//! write (`pwritev`), and a positional read into memory not zeroed first (`pread` into a
+//! vector's spare capacity). The second module allowed `unsafe`, for these calls.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -25,6 +26,14 @@ pub fn preallocate(file: &File, position: u64, len: u64) -> io::Result<()> {
 /// for what a short write left. On error, any prefix of the bytes may have been written.
 pub fn write_all_vectored_at(file: &File, bufs: &[&[u8]], position: u64) -> io::Result<()> {
     imp::write_all_vectored_at(file, bufs, position)
+}
+
+/// Reads `len` bytes at `position` of `file` into a new vector, or fails with `UnexpectedEof`
+/// if the file ends first. Unlike reading into `vec![0; len]`, the memory is not zeroed before
+/// the read overwrites it: for a catch-up read of chunks of up to 1 MiB that zeroing cost about
+/// a sixteenth of the server's CPU.
+pub fn read_exact_vec_at(file: &File, len: usize, position: u64) -> io::Result<Vec<u8>> {
+    imp::read_exact_vec_at(file, len, position)
 }
 
 // `off_t` is 64 bits only on 64-bit Linux; elsewhere the portable fallback below serves, so no
@@ -58,6 +67,49 @@ mod imp {
                 return Err(err);
             }
         }
+    }
+
+    pub(super) fn read_exact_vec_at(file: &File, len: usize, position: u64) -> io::Result<Vec<u8>> {
+        let mut v: Vec<u8> = Vec::with_capacity(len);
+        while v.len() < len {
+            let offset = position
+                .checked_add(v.len() as u64)
+                .and_then(|p| libc::off_t::try_from(p).ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "position past what a file can hold",
+                    )
+                })?;
+            let want = len - v.len();
+            let spare = v.spare_capacity_mut();
+            // SAFETY: the pointer and length describe the vector's spare capacity (at least
+            // `want` bytes, as its capacity is `len`), which `pread` only writes into; the
+            // descriptor is open for as long as `file` is borrowed.
+            let n = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    spare.as_mut_ptr().cast::<libc::c_void>(),
+                    want,
+                    offset,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            // `pread` never returns more than it was asked for.
+            let n = (n as usize).min(want);
+            // SAFETY: `pread` initialised the first `n` bytes of the spare capacity.
+            unsafe { v.set_len(v.len() + n) };
+        }
+        Ok(v)
     }
 
     /// The most buffers one `pwritev` takes (`IOV_MAX` on Linux).
@@ -149,6 +201,12 @@ mod imp {
         Ok(())
     }
 
+    pub(super) fn read_exact_vec_at(file: &File, len: usize, position: u64) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        file.read_exact_at(&mut v, position)?;
+        Ok(v)
+    }
+
     pub(super) fn write_all_vectored_at(
         file: &File,
         bufs: &[&[u8]],
@@ -235,6 +293,26 @@ mod tests {
             expected,
             "nothing to write changes nothing"
         );
+    }
+
+    #[test]
+    fn a_read_into_a_new_vector_returns_the_bytes_or_eof_past_the_end() {
+        let (_dir, _path, file) = new_file();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::os::unix::fs::FileExt::write_all_at(&file, &data, 0).unwrap();
+        assert_eq!(read_exact_vec_at(&file, data.len(), 0).unwrap(), data);
+        assert_eq!(
+            read_exact_vec_at(&file, 1000, 12_345).unwrap(),
+            &data[12_345..13_345]
+        );
+        assert_eq!(
+            read_exact_vec_at(&file, 0, 1 << 40).unwrap(),
+            Vec::<u8>::new()
+        );
+        let err = read_exact_vec_at(&file, 10, data.len() as u64 - 5).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let err = read_exact_vec_at(&file, 1, u64::MAX).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use fallocate::{preallocate, write_all_vectored_at};
+pub use fallocate::{preallocate, read_exact_vec_at, write_all_vectored_at};
 pub use std_fs::StdFs;
 
 /// Read-only bytes of a whole file: a memory map for the real file system.
@@ -36,6 +36,14 @@ pub enum OpenMode {
 pub trait FileHandle: Send + Sync + Debug {
     /// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> io::Result<()>;
+    /// Reads exactly `len` bytes at `position` into a new vector, or fails with
+    /// `UnexpectedEof`: for the real file system without zeroing the memory first
+    /// ([`read_exact_vec_at`]). The default reads into a zeroed vector.
+    fn read_exact_vec_at(&self, len: usize, position: u64) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read_exact_at(&mut v, position)?;
+        Ok(v)
+    }
     /// Writes all of `buf` at `position`. On error, any prefix of `buf` may have been written.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
     /// Writes all of `bufs`, one after another, at `position`: for the real file system one

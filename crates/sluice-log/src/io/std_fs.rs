@@ -20,6 +20,10 @@ impl FileHandle for StdFile {
         self.0.read_exact_at(buf, position)
     }
 
+    fn read_exact_vec_at(&self, len: usize, position: u64) -> io::Result<Vec<u8>> {
+        super::read_exact_vec_at(&self.0, len, position)
+    }
+
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         self.0.write_all_at(buf, position)
     }
