@@ -1205,11 +1205,22 @@ impl BodyReader {
         Ok(out)
     }
 
+    /// A fixed-size field, read in place: a `Bytes` slice per integer (as `take` makes) would
+    /// cost two atomic reference-count updates each, several per record of a read answer.
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], WireError> {
-        let b = self.take(N, field)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(&b);
-        Ok(out)
+        let Some(out) = self
+            .body
+            .get(self.pos..)
+            .and_then(|rest| rest.first_chunk::<N>())
+        else {
+            return Err(WireError::Truncated {
+                field,
+                need: N,
+                have: self.remaining(),
+            });
+        };
+        self.pos += N;
+        Ok(*out)
     }
 
     fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
