@@ -6,8 +6,10 @@
 //! when they are freed, so each new buffer is fresh memory the kernel must fault in and zero
 //! page by page: about a sixth of the server's CPU time under load (`perf`, see
 //! `docs/benchmarks.md`). Raising the thresholds keeps freed buffers in the heap for the next
-//! request. What stays reserved is bounded by the trim threshold per arena, so the resident size
-//! stays small (peak RSS is reported by `sluice bench`).
+//! request. What stays reserved is memory the process used at its peak, at most the trim
+//! threshold's 64 MiB at the top of each arena (glibc makes up to eight per core as threads
+//! contend); the peak itself is bounded by the server's per-connection budgets, and `sluice
+//! bench` reports it (about 150 MiB consuming, 40 MiB producing).
 //!
 //! This is process-wide, so it belongs to the binary, not to the libraries an application may
 //! embed. Other C libraries are left alone.
@@ -20,8 +22,8 @@ const MMAP_THRESHOLD: libc::c_int = 8 << 20;
 /// answers of 4 MiB each, with the 1 MiB chunks their reads fill, often leave more than 16 MiB
 /// free at the top of a heap, and what is trimmed is faulted in again page by page for the next
 /// answers: a catch-up read of 1 GB faulted in 49,000-72,000 pages at 16 MiB, 21,000-24,000 at
-/// 64 MiB (`docs/benchmarks.md`). What it keeps is memory the server just used, so peak RSS stays
-/// well under the 256 MiB target (about 150 MiB consuming).
+/// 64 MiB (`docs/benchmarks.md`). What it keeps is memory the server just used, so it does not
+/// raise the peak; it keeps the resident size near the peak after a burst.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = 64 << 20;
 

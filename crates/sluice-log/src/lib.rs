@@ -14,8 +14,9 @@
 //!
 //! # Layout
 //! - [`format`]: the byte layout of every file (no I/O); `docs/format.md` describes it.
-//! - [`io`]: the file-system trait the log uses for all I/O, the real implementation, the two
-//!   `unsafe` calls (the memory map of sealed index files, and `fallocate`), and the simulated file system for tests.
+//! - [`io`]: the file-system trait the log uses for all I/O, the real implementation, the
+//!   `unsafe` calls (the memory map of sealed index files; `fallocate`, `pwritev`, and `pread`
+//!   into memory not zeroed first), and the simulated file system for tests.
 //! - `scan`: chunked reading and checking of batches.
 //! - `segment`: sealed and active segments, index building and checking, recovery.
 //! - `log`: [`Log`] itself: append with group commit, reads, time seek, rolling, retention.

@@ -171,8 +171,17 @@ impl sluice_log::io::FileHandle for HookedFile {
     fn read_exact_at(&self, buf: &mut [u8], position: u64) -> std::io::Result<()> {
         self.inner.read_exact_at(buf, position)
     }
+    fn read_exact_vec_at(&self, len: usize, position: u64) -> std::io::Result<Vec<u8>> {
+        self.inner.read_exact_vec_at(len, position)
+    }
     fn write_all_at(&self, buf: &[u8], position: u64) -> std::io::Result<()> {
         self.inner.write_all_at(buf, position)
+    }
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> std::io::Result<()> {
+        self.inner.write_all_vectored_at(bufs, position)
+    }
+    fn preallocate(&self, position: u64, len: u64) -> std::io::Result<()> {
+        self.inner.preallocate(position, len)
     }
     fn sync_data(&self) -> std::io::Result<()> {
         (self.hook)(self.id, &|| self.inner.sync_data())
